@@ -1,0 +1,62 @@
+r"""SFS and Flat training configs.
+
+    python -m experiments.train --config=experiments/configs/sfs.py:paper --workdir=runs/sfs_paper
+    python -m experiments.train --config=experiments/configs/sfs.py:size=small --workdir=runs/sfs_small
+    python -m experiments.train --config=experiments/configs/sfs.py:size=small,model=flat --workdir=...
+    ... --config.train.num_steps=2000 --config.model.context_slots="('left','seed')"
+
+Sizes (model/config.py PRESETS): ``paper`` (512 wide, 4 encoder, 8 decoder, 3 G
+layers, VAE 5+5, latent 256; SFS.md section 3), ``small`` (a CPU run that learns
+in minutes), ``tiny`` (tests). ``model=flat`` is the paper's Flat baseline.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from experiments.configs import common
+
+TRAIN_BY_SIZE = {
+    "paper": dict(batch_size=32, num_steps=100_000, learning_rate=3e-4, warmup_steps=2000,
+                  log_every=100, eval_every=2000, eval_batches=16, checkpoint_every=2000),
+    "small": dict(batch_size=8, num_steps=600, learning_rate=1e-3, warmup_steps=50,
+                  log_every=20, eval_every=200, eval_batches=4, checkpoint_every=200),
+    "tiny": dict(batch_size=4, num_steps=20, learning_rate=3e-3, warmup_steps=2,
+                 log_every=5, eval_every=10, eval_batches=1, checkpoint_every=10),
+}
+EXAMPLES_BY_SIZE = {
+    "paper": dict(),
+    "small": dict(target_buckets=(384, 512, 768, 1024), context_buckets=(128, 256, 512, 768)),
+    "tiny": dict(window_bars=2, context_bars=2, target_buckets=(96, 128, 192, 256),
+                 context_buckets=(32, 64, 128, 256)),
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    args = common.parse_arg(arg, size="small", model="sfs", compute_dtype="", data="synthetic")
+    if args.size not in TRAIN_BY_SIZE:
+        raise ValueError(f"size must be one of {sorted(TRAIN_BY_SIZE)}, got {args.size!r}")
+    if args.model not in ("sfs", "flat"):
+        raise ValueError(f"model must be sfs or flat, got {args.model!r}")
+    config = ml_collections.ConfigDict()
+    config.task = "sfs"
+    config.model_name = args.model
+    config.model_size = args.size
+    # Field overrides of sfs_jax.model.config.ModelConfig (see its docstring).
+    config.model = ml_collections.ConfigDict(dict(
+        compute_dtype=args.compute_dtype or ("bfloat16" if args.size == "paper" else "float32"),
+        context_slots=("left", "right", "seed", "ref"), use_global_view=True))
+    # Field overrides of sfs_jax.data.examples.ExampleConfig.
+    config.examples = ml_collections.ConfigDict(dict(context_mode="sfs", **EXAMPLES_BY_SIZE[args.size]))
+    config.data = common.data_block(builder=args.data,
+                                    num_songs=64 if args.size == "tiny" else 512)
+    # Where the bar VAE lives (experiments/train.py trains it first when empty and G is on).
+    config.vae_workdir = ""
+    config.train = common.train_block(**TRAIN_BY_SIZE[args.size])
+    return config
+
+
+def sweep(add) -> None:
+    """Default sweep: SFS against Flat (context ablations: experiments/configs/ablate.py)."""
+    add(model_name="sfs")
+    add(model_name="flat")

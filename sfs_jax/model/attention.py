@@ -1,0 +1,148 @@
+"""The one attention function, its masks and rotary positions in song frames.
+
+Letters: B batch, T query tokens, S key tokens, H heads, K head dim, D model width.
+
+Place in the data flow: [5] every attention in the model (context encoder, decoder
+self- and cross-attention, the bar transformer G, the bar VAE) goes through
+``attend``. Context selection is expressed only by the boolean mask handed to it,
+so every ablation in SFS.md section 3 is a mask, never a code path.
+
+Why rotary positions in frames: SFS.md section 3 rotates queries and keys by their
+place in the song (frames), not by token index, so the distance between a target
+token and a context note is their distance in musical time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+NEG_INF = -1e30
+
+
+@dataclasses.dataclass(frozen=True)
+class FastPath:
+    """A mask that is exactly "causal and/or per-row key lengths", so cuDNN can run it.
+
+    ``attend`` uses it only where the backend supports it; the explicit boolean mask
+    stays the single source of truth and is what every other path applies.
+    """
+
+    is_causal: bool
+    query_lengths_B: jax.Array
+    key_lengths_B: jax.Array
+
+
+def rotary_angles(positions_BxT: jax.Array, head_dim: int, base: float) -> tuple[jax.Array, jax.Array]:
+    """cos/sin of shape BxTx1x(K/2) for integer song positions (frames, or bars for G)."""
+    half = head_dim // 2
+    inv_freq_K2 = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles = positions_BxT.astype(jnp.float32)[..., None] * inv_freq_K2
+    return jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
+
+
+def apply_rope(x_BxTxHxK: jax.Array, positions_BxT: jax.Array, base: float) -> jax.Array:
+    """Rotates channel pairs (first half, second half) by position-dependent angles."""
+    cos, sin = rotary_angles(positions_BxT, x_BxTxHxK.shape[-1], base)
+    x = x_BxTxHxK.astype(jnp.float32)
+    first, second = jnp.split(x, 2, axis=-1)
+    rotated = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
+    return rotated.astype(x_BxTxHxK.dtype)
+
+
+def causal_mask(length: int) -> jax.Array:
+    """TxT lower-triangular: token t sees tokens <= t."""
+    return jnp.tril(jnp.ones((length, length), bool))
+
+
+def padding_mask(query_valid_BxT: jax.Array, key_valid_BxS: jax.Array) -> jax.Array:
+    """BxTxS: both query and key are real tokens."""
+    return query_valid_BxT[:, :, None] & key_valid_BxS[:, None, :]
+
+
+def _reference_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS) -> jax.Array:
+    """Plain masked attention with fp32 logits and softmax (runs everywhere)."""
+    scale = q_BxTxHxK.shape[-1] ** -0.5
+    logits_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK,
+                                preferred_element_type=jnp.float32) * scale
+    logits_BxHxTxS = jnp.where(mask_BxTxS[:, None], logits_BxHxTxS, NEG_INF)
+    weights_BxHxTxS = jax.nn.softmax(logits_BxHxTxS, axis=-1)
+    return jnp.einsum("bhts,bshk->bthk", weights_BxHxTxS.astype(v_BxSxHxK.dtype), v_BxSxHxK,
+                      preferred_element_type=jnp.float32)
+
+
+def _resolve_implementation(implementation: str, dtype: jnp.dtype, fast_path: FastPath | None) -> str:
+    if implementation != "auto":
+        return implementation
+    on_gpu = jax.default_backend() == "gpu"
+    if on_gpu and fast_path is not None and dtype in (jnp.bfloat16, jnp.float16):
+        return "cudnn"
+    return "xla" if on_gpu else "reference"
+
+
+def attend(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array, mask_BxTxS: jax.Array,
+           *, fast_path: FastPath | None = None, implementation: str = "auto") -> jax.Array:
+    """Masked multi-head attention; softmax in fp32; rows with no visible key give zeros.
+
+    ``implementation``: "reference" (einsum, any backend), "xla" or "cudnn" (through
+    ``jax.nn.dot_product_attention``; "cudnn" needs ``fast_path``), "auto" picks
+    cuDNN flash attention on GPU when the mask has the fast form and the inputs are
+    half precision, else the reference path.
+    """
+    impl = _resolve_implementation(implementation, q_BxTxHxK.dtype, fast_path)
+    if impl == "reference":
+        out = _reference_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS)
+    elif impl == "cudnn":
+        if fast_path is None:
+            raise ValueError("the cudnn attention path needs a FastPath description of the mask")
+        out = jax.nn.dot_product_attention(
+            q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, is_causal=fast_path.is_causal,
+            query_seq_lengths=fast_path.query_lengths_B.astype(jnp.int32),
+            key_value_seq_lengths=fast_path.key_lengths_B.astype(jnp.int32), implementation="cudnn")
+    elif impl == "xla":
+        out = jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask_BxTxS[:, None],
+                                           implementation="xla")
+    else:
+        raise ValueError(f"unknown attention implementation {impl!r}")
+    any_visible_BxT = jnp.any(mask_BxTxS, axis=-1)
+    return jnp.where(any_visible_BxT[:, :, None, None], out, 0).astype(q_BxTxHxK.dtype)
+
+
+class MultiHeadAttention(nnx.Module):
+    """Projections around ``attend``, split so keys/values can be computed once and cached.
+
+    Cross-attention in the sampler computes ``keys_values`` of the contexts once per
+    segment; decoder self-attention writes each new token's keys/values into a cache.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, *, rope_base: float, dtype: jnp.dtype,
+                 implementation: str, rngs: nnx.Rngs) -> None:
+        self.n_heads, self.head_dim = n_heads, d_model // n_heads
+        self.rope_base, self.implementation = rope_base, implementation
+        make = lambda: nnx.Linear(d_model, d_model, use_bias=False, dtype=dtype, rngs=rngs)
+        self.query, self.key, self.value, self.out = make(), make(), make(), make()
+
+    def _heads(self, x_BxTxD: jax.Array) -> jax.Array:
+        return x_BxTxD.reshape(*x_BxTxD.shape[:-1], self.n_heads, self.head_dim)
+
+    def queries(self, x_BxTxD: jax.Array, positions_BxT: jax.Array) -> jax.Array:
+        return apply_rope(self._heads(self.query(x_BxTxD)), positions_BxT, self.rope_base)
+
+    def keys_values(self, x_BxSxD: jax.Array, positions_BxS: jax.Array) -> tuple[jax.Array, jax.Array]:
+        keys = apply_rope(self._heads(self.key(x_BxSxD)), positions_BxS, self.rope_base)
+        return keys, self._heads(self.value(x_BxSxD))
+
+    def attend_to(self, q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array,
+                  mask_BxTxS: jax.Array, fast_path: FastPath | None = None) -> jax.Array:
+        out = attend(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS, fast_path=fast_path,
+                     implementation=self.implementation)
+        return self.out(out.reshape(*out.shape[:2], -1))
+
+    def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, context_BxSxD: jax.Array,
+                 context_positions_BxS: jax.Array, mask_BxTxS: jax.Array,
+                 fast_path: FastPath | None = None) -> jax.Array:
+        keys, values = self.keys_values(context_BxSxD, context_positions_BxS)
+        return self.attend_to(self.queries(x_BxTxD, positions_BxT), keys, values, mask_BxTxS, fast_path)

@@ -1,0 +1,255 @@
+"""The bar VAE: one bar of tokens <-> a latent vector whose frozen mean feeds G (SFS.md sections 1, 3).
+
+Letters: B bars (the batch), T tokens of one bar (``max_bar_tokens``), L latent size, D model width.
+
+Place in the data flow: [5] trained alone, before SFS, on random bars
+(``sfs_jax.data.bars.make_bar_loader``); then frozen, and ``embed_bars`` of every bar of
+every song is computed once (``sfs_jax.data.bars.compute_bar_embeddings``) and stored with
+the VAE's fingerprint. Those vectors are the per-bar inputs of the global view G
+(SFS.md section 1: "every bar of the song gets a 256-d embedding from a frozen,
+pretrained bar VAE"). G reads the mean ``mu``, not a sample, so a bar always maps to
+the same vector.
+
+A bar is written in the target form of SFS.md section 2 restricted to 32 frames
+(``tokenizer.encode_target(notes_of_bar, 32)``): 32 FRAME tokens, the notes, END,
+zero (PAD) padded to T. Token fields are the dict keys ``tokenizer.TOKEN_FIELDS``,
+each int32 BxT; the ``frame`` column (0..31, END at 32) is the rotary position, so
+attention sees musical time within the bar, not token index (as everywhere in SFS).
+
+Why the latent enters every decoder sublayer (``Block``'s ``condition_BxTxD``, the
+mechanism the SFS decoder uses for G): a latent added only to the input embedding is
+easy for an autoregressive decoder to ignore (posterior collapse); feeding it at every
+layer, together with the cyclic KL schedule of ``cyclic_beta`` (Fu et al. 2019, the
+"beta 0.1 with a cyclic schedule" of SFS.md section 3), keeps it informative.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sfs_jax.model import layers
+from sfs_jax.model.attention import FastPath, causal_mask, padding_mask
+from sfs_jax.model.config import BarVAEConfig
+from sfs_jax.model.decoder import Heads
+from sfs_jax.model.embeddings import START_TYPE, TokenEmbedding
+from sfs_jax.music import notes as notes_lib
+from sfs_jax.music.tokenizer import NUM_DURATIONS, TOKEN_FIELDS, TokenType
+
+HEAD_NAMES = ("type", "pitch", "velocity", "duration")
+_PAD, _NOTE = int(TokenType.PAD), int(TokenType.NOTE)
+
+Tokens = Mapping[str, jax.Array]
+
+
+def shift_right_bar(tokens: Tokens) -> dict[str, jax.Array]:
+    """Decoder inputs: every field moved one step right, START (type START_TYPE, frame 0) in front.
+
+    Input token i is bar token i-1 at its own frame, like ``decoder.shift_right`` for
+    targets, so the rotary position of input i never reveals where token i falls.
+    """
+    start = {"type": START_TYPE}
+    return {name: jnp.pad(tokens[name][:, :-1], ((0, 0), (1, 0)), constant_values=start.get(name, 0))
+            for name in TOKEN_FIELDS}
+
+
+def reparameterize(mu_BxL: jax.Array, logvar_BxL: jax.Array, key: jax.Array) -> jax.Array:
+    """z = mu + sigma * eps with eps ~ N(0, 1) drawn from the explicit ``key``."""
+    eps_BxL = jax.random.normal(key, mu_BxL.shape, mu_BxL.dtype)
+    return mu_BxL + jnp.exp(0.5 * logvar_BxL) * eps_BxL
+
+
+class BarVAE(nnx.Module):
+    """Bidirectional encoder to (mu, log-variance); causal decoder conditioned on z; ``Heads``.
+
+    ``rope_base`` and ``attention_implementation`` default to the SFS model's values
+    (``ModelConfig``), which the bar-level config does not repeat.
+    """
+
+    def __init__(self, config: BarVAEConfig, *, compute_dtype: str = "float32", rope_base: float = 10_000.0,
+                 attention_implementation: str = "auto", rngs: nnx.Rngs) -> None:
+        if config.d_model % config.n_heads:
+            raise ValueError(f"d_model {config.d_model} is not divisible by n_heads {config.n_heads}")
+        if config.max_bar_tokens < notes_lib.FRAMES_PER_BAR + 1:
+            raise ValueError(f"max_bar_tokens {config.max_bar_tokens} cannot hold an empty bar "
+                             f"({notes_lib.FRAMES_PER_BAR} FRAME tokens + END)")
+        dtype = jnp.dtype(compute_dtype)
+        d_model = config.d_model
+        self.config = config
+        make_block = lambda: layers.Block(d_model, config.n_heads, config.d_ff, cross_attention=False,
+                                          rope_base=rope_base, dtype=dtype,
+                                          implementation=attention_implementation, rngs=rngs)
+        # Encoder: q(z | bar).
+        self.encoder_embed = TokenEmbedding(d_model, rngs=rngs)
+        self.encoder_frame = nnx.Embed(notes_lib.FRAMES_PER_BAR, d_model, rngs=rngs)
+        self.encoder_blocks = layers.stack(config.n_encoder_layers, make_block)
+        self.encoder_norm = layers.layer_norm(d_model, rngs)
+        self.to_mu = nnx.Linear(d_model, config.latent_dim, rngs=rngs)
+        self.to_logvar = nnx.Linear(d_model, config.latent_dim, rngs=rngs)
+        # Decoder: p(bar | z), autoregressive over the same tokens.
+        self.decoder_embed = TokenEmbedding(d_model, rngs=rngs)
+        self.decoder_frame = nnx.Embed(notes_lib.FRAMES_PER_BAR, d_model, rngs=rngs)
+        self.latent_condition = nnx.Linear(config.latent_dim, d_model, rngs=rngs)
+        self.decoder_blocks = layers.stack(config.n_decoder_layers, make_block)
+        self.decoder_norm = layers.layer_norm(d_model, rngs)
+        self.heads = Heads(d_model, rngs=rngs)
+
+    @staticmethod
+    def _embed(token_embed: TokenEmbedding, frame_embed: nnx.Embed, tokens: Tokens) -> jax.Array:
+        """Token embedding plus a learned vector per frame in the bar (END's frame 32 uses row 31)."""
+        frame_BxT = jnp.clip(tokens["frame"], 0, notes_lib.FRAMES_PER_BAR - 1)
+        return (token_embed(tokens["type"], tokens["pitch"], tokens["velocity"], tokens["duration"])
+                + frame_embed(frame_BxT))
+
+    def encode(self, tokens: Tokens) -> tuple[jax.Array, jax.Array]:
+        """(mu_BxL, logvar_BxL) of q(z | bar): bidirectional layers, mean over the real tokens."""
+        valid_BxT = tokens["type"] != _PAD
+        lengths_B = jnp.sum(valid_BxT, axis=1)
+        fast = FastPath(is_causal=False, query_lengths_B=lengths_B, key_lengths_B=lengths_B)
+        x_BxTxD = self._embed(self.encoder_embed, self.encoder_frame, tokens)
+        mask_BxTxT = padding_mask(valid_BxT, valid_BxT)
+        for block in self.encoder_blocks:
+            x_BxTxD = block(x_BxTxD, tokens["frame"], mask_BxTxT, fast_path=fast)
+        h_BxTxD = self.encoder_norm(x_BxTxD)
+        weight_BxTx1 = valid_BxT[..., None].astype(jnp.float32)
+        pooled_BxD = jnp.sum(h_BxTxD * weight_BxTx1, axis=1) / jnp.maximum(jnp.sum(weight_BxTx1, axis=1), 1.0)
+        return self.to_mu(pooled_BxD), self.to_logvar(pooled_BxD)
+
+    def decode(self, tokens: Tokens, z_BxL: jax.Array) -> dict[str, jax.Array]:
+        """Teacher-forced logits of the four heads for every bar token, given the latent z.
+
+        Velocity is conditioned on the true pitch and duration on the true pitch and
+        velocity of the same token, as in the SFS decoder (SFS.md section 3).
+        """
+        inputs = shift_right_bar(tokens)
+        valid_BxT = tokens["type"] != _PAD
+        lengths_B = jnp.sum(valid_BxT, axis=1)
+        fast = FastPath(is_causal=True, query_lengths_B=lengths_B, key_lengths_B=lengths_B)
+        x_BxTxD = self._embed(self.decoder_embed, self.decoder_frame, inputs)
+        condition_BxTxD = jnp.broadcast_to(self.latent_condition(z_BxL)[:, None, :], x_BxTxD.shape)
+        n_tokens = x_BxTxD.shape[1]
+        mask_BxTxT = causal_mask(n_tokens)[None] & padding_mask(valid_BxT, valid_BxT)
+        for block in self.decoder_blocks:
+            x_BxTxD = block(x_BxTxD, inputs["frame"], mask_BxTxT, condition_BxTxD=condition_BxTxD,
+                            fast_path=fast)
+        h_BxTxD = self.decoder_norm(x_BxTxD)
+        return {"type": self.heads.type_logits(h_BxTxD), "pitch": self.heads.pitch_logits(h_BxTxD),
+                "velocity": self.heads.velocity_logits(h_BxTxD, tokens["pitch"]),
+                "duration": self.heads.duration_logits(h_BxTxD, tokens["pitch"], tokens["velocity"])}
+
+    def __call__(self, tokens: Tokens, key: jax.Array) -> dict[str, jax.Array]:
+        """Logits of the four heads (decoded from a sample z drawn with ``key``), plus mu and logvar."""
+        mu_BxL, logvar_BxL = self.encode(tokens)
+        logits = self.decode(tokens, reparameterize(mu_BxL, logvar_BxL, key))
+        return {**logits, "mu": mu_BxL, "logvar": logvar_BxL}
+
+    def embed_bars(self, tokens: Tokens) -> jax.Array:
+        """The frozen bar embedding that G reads: the posterior mean mu_BxL (deterministic)."""
+        mu_BxL, _ = self.encode(tokens)
+        return mu_BxL
+
+
+def _cross_entropy(logits_BxTxC: jax.Array, labels_BxT: jax.Array, weight_BxT: jax.Array) -> jax.Array:
+    """Per-token -log p(label), zero where ``weight_BxT`` is False (labels there may be out of range)."""
+    n_classes = logits_BxTxC.shape[-1]
+    labels_BxT = jnp.clip(labels_BxT, 0, n_classes - 1)
+    log_probs = jax.nn.log_softmax(logits_BxTxC.astype(jnp.float32), axis=-1)
+    nll_BxT = -jnp.take_along_axis(log_probs, labels_BxT[..., None], axis=-1)[..., 0]
+    return jnp.where(weight_BxT, nll_BxT, 0.0)
+
+
+def vae_loss(model: BarVAE, batch: Tokens, key: jax.Array,
+             beta: float | jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Negative beta-ELBO per bar, averaged over the real bars of the batch; pure, jit-able.
+
+    Reconstruction is the sum over the bar's tokens of the four cross-entropies (type
+    over real tokens; pitch, velocity and duration over NOTE tokens, teacher forced), as
+    in the SFS loss (SFS.md section 3); the KL term is KL(q(z|x) || N(0, I)) of the bar.
+    Both are per bar so ``beta`` weighs them as in the ELBO. Metrics: ``<head>_nll``
+    (per bar), ``<head>_ce`` (per scored token), ``recon``, ``kl``, ``loss``, ``beta``.
+    """
+    out = model(batch, key)
+    type_BxT = batch["type"]
+    valid_BxT = type_BxT != _PAD
+    is_note_BxT = type_BxT == _NOTE
+    labels = {"type": (type_BxT, valid_BxT),
+              "pitch": (batch["pitch"] - notes_lib.MIN_PITCH, is_note_BxT),
+              "velocity": (batch["velocity"], is_note_BxT),
+              "duration": (jnp.minimum(batch["duration"], NUM_DURATIONS - 1), is_note_BxT)}
+    bar_valid_B = jnp.any(valid_BxT, axis=1)
+    n_bars = jnp.maximum(jnp.sum(bar_valid_B), 1)
+    per_bar_mean = lambda x_B: jnp.sum(jnp.where(bar_valid_B, x_B, 0.0)) / n_bars
+    metrics: dict[str, jax.Array] = {}
+    recon_B = jnp.zeros(type_BxT.shape[0], jnp.float32)
+    for name in HEAD_NAMES:
+        target_BxT, weight_BxT = labels[name]
+        nll_BxT = _cross_entropy(out[name], target_BxT, weight_BxT)
+        recon_B = recon_B + jnp.sum(nll_BxT, axis=1)
+        metrics[f"{name}_nll"] = per_bar_mean(jnp.sum(nll_BxT, axis=1))
+        metrics[f"{name}_ce"] = jnp.sum(nll_BxT) / jnp.maximum(jnp.sum(weight_BxT), 1)
+    mu_BxL, logvar_BxL = out["mu"], out["logvar"]
+    kl_B = 0.5 * jnp.sum(jnp.square(mu_BxL) + jnp.exp(logvar_BxL) - 1.0 - logvar_BxL, axis=-1)
+    loss = per_bar_mean(recon_B + beta * kl_B)
+    metrics.update(recon=per_bar_mean(recon_B), kl=per_bar_mean(kl_B), loss=loss,
+                   beta=jnp.asarray(beta, jnp.float32))
+    return loss, metrics
+
+
+def cyclic_beta(step: int | jax.Array, *, max_beta: float = 0.1, cycle_steps: int,
+                ramp_fraction: float = 0.5) -> float | jax.Array:
+    """Cyclic KL annealing (Fu et al. 2019): per cycle, 0 -> max_beta linearly, then held.
+
+    Within each cycle of ``cycle_steps`` steps beta rises linearly over the first
+    ``ramp_fraction`` of the cycle and stays at ``max_beta`` for the rest; restarting
+    at 0 lets the decoder re-learn to use z after each phase of strong KL pressure.
+    A Python int step gives a Python float (for logs); a jax step gives a jax scalar.
+    """
+    if cycle_steps < 1:
+        raise ValueError(f"cycle_steps must be >= 1, got {cycle_steps}")
+    if not 0.0 < ramp_fraction <= 1.0:
+        raise ValueError(f"ramp_fraction must be in (0, 1], got {ramp_fraction}")
+    xp = jnp if isinstance(step, jax.Array) else np
+    phase = xp.mod(step, cycle_steps) / cycle_steps
+    beta = max_beta * xp.minimum(phase / ramp_fraction, 1.0)
+    return beta if xp is jnp else float(beta)
+
+
+def make_embed_fn(model: BarVAE) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
+    """A jitted host function: bar token arrays [B, T] -> float32 mu [B, L] (for compute_bar_embeddings).
+
+    The model is split once and merged inside the jitted function (STYLE.md section 3),
+    so the call compiles once per batch shape and the caller never holds a tracer.
+    """
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def embed(state: nnx.State, tokens: dict[str, jax.Array]) -> jax.Array:
+        return nnx.merge(graphdef, state).embed_bars(tokens)
+
+    return lambda tokens: np.asarray(embed(state, {name: jnp.asarray(tokens[name]) for name in TOKEN_FIELDS}),
+                                     np.float32)
+
+
+def vae_fingerprint(model: BarVAE) -> str:
+    """sha256 of the VAE's config and parameters: the tag that ties stored embeddings to it.
+
+    Only dict keys and list indices enter the parameter paths (not the Variable's
+    attribute name), so the tag does not depend on how the flax version spells paths.
+    """
+    digest = hashlib.sha256(repr(model.config).encode())
+    leaves, _ = jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))
+    for path, leaf in sorted(leaves, key=lambda item: _path_name(item[0])):
+        array = np.asarray(leaf)
+        digest.update(f"{_path_name(path)}:{array.dtype}:{array.shape};".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _path_name(path: tuple) -> str:
+    parts = [str(getattr(entry, "key", getattr(entry, "idx", ""))) for entry in path]
+    return "/".join(part for part in parts if part)

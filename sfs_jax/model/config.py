@@ -1,0 +1,92 @@
+"""Frozen model configuration with the paper's sizes and small presets (SFS.md section 3).
+
+Every ablation of the paper is a value here, not a fork of the model: which context
+slots the decoder may see (``context_slots``), whether the global view G is on,
+whether cross-attention exists at all (the Flat baseline), and whether segment
+positional codes are used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+CONTEXT_SLOT_NAMES = ("left", "right", "seed", "ref", "previous")
+
+
+@dataclasses.dataclass(frozen=True)
+class BarVAEConfig:
+    """The bar VAE whose frozen encoder feeds G (paper: 5+5 layers, latent 256)."""
+
+    d_model: int = 512
+    n_heads: int = 8
+    d_ff: int = 2048
+    n_encoder_layers: int = 5
+    n_decoder_layers: int = 5
+    latent_dim: int = 256
+    max_bar_tokens: int = 128  # FRAME tokens (32) + notes of one bar + END
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """SFS model hyper-parameters; presets in ``PRESETS``."""
+
+    d_model: int = 512
+    n_heads: int = 8
+    d_ff: int = 2048
+    n_encoder_layers: int = 4
+    n_decoder_layers: int = 8
+    n_global_layers: int = 3
+    global_mlp_dim: int = 512
+    # Ablations: what the target may see.
+    context_slots: tuple[str, ...] = ("left", "right", "seed", "ref")
+    use_cross_attention: bool = True
+    use_global_view: bool = True
+    use_segment_positions: bool = True
+    # Positions: sinusoid periods and rotary base, in frames (bars for G).
+    max_position_frames: int = 8192
+    rope_base: float = 10_000.0
+    compute_dtype: str = "float32"  # "bfloat16" on accelerators; parameters stay float32
+    attention_implementation: str = "auto"  # "auto" | "xla" | "cudnn" | "reference"
+    vae: BarVAEConfig = dataclasses.field(default_factory=BarVAEConfig)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        unknown = set(self.context_slots) - set(CONTEXT_SLOT_NAMES)
+        if unknown:
+            raise ValueError(f"unknown context slots {sorted(unknown)}; choose from {CONTEXT_SLOT_NAMES}")
+
+
+PRESETS: Mapping[str, dict[str, Any]] = {
+    "paper": {},
+    "small": dict(d_model=192, n_heads=4, d_ff=768, n_encoder_layers=2, n_decoder_layers=4,
+                  n_global_layers=2, global_mlp_dim=192,
+                  vae=BarVAEConfig(d_model=128, n_heads=4, d_ff=512, n_encoder_layers=2,
+                                   n_decoder_layers=2, latent_dim=64)),
+    "tiny": dict(d_model=32, n_heads=2, d_ff=64, n_encoder_layers=1, n_decoder_layers=2,
+                 n_global_layers=1, global_mlp_dim=32,
+                 vae=BarVAEConfig(d_model=32, n_heads=2, d_ff=64, n_encoder_layers=1,
+                                  n_decoder_layers=1, latent_dim=16)),
+}
+
+
+def model_config(size: str = "paper", **overrides: Any) -> ModelConfig:
+    """A preset with field overrides (``vae`` may be given as a dict of VAE overrides)."""
+    if size not in PRESETS:
+        raise ValueError(f"unknown model size {size!r}; choose from {sorted(PRESETS)}")
+    fields = dict(PRESETS[size])
+    vae_overrides = overrides.pop("vae", None)
+    fields.update(overrides)
+    if isinstance(vae_overrides, Mapping):
+        fields["vae"] = dataclasses.replace(fields.get("vae", BarVAEConfig()), **vae_overrides)
+    elif vae_overrides is not None:
+        fields["vae"] = vae_overrides
+    if "context_slots" in fields:
+        fields["context_slots"] = tuple(fields["context_slots"])
+    return ModelConfig(**fields)

@@ -1,0 +1,114 @@
+"""The causal decoder over target tokens and its factorized heads (SFS.md section 3).
+
+Letters: B batch, T target tokens, S context tokens, D model width.
+
+Input token i is target token i-1 (a START vector for i = 0), placed at its own
+song frame, so neither the rotary position nor the G vector of token i-1 leaks
+where token i falls. Heads: token type; pitch; velocity given the pitch; duration
+given pitch and velocity (teacher-forced with the true values in training, the
+sampled ones in generation).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sfs_jax.model import layers
+from sfs_jax.model.attention import FastPath, causal_mask
+from sfs_jax.model.config import ModelConfig
+from sfs_jax.model.embeddings import START_TYPE, PositionCode, TokenEmbedding, pitch_index
+from sfs_jax.model.global_view import gather_bars
+from sfs_jax.music import notes as notes_lib
+from sfs_jax.music.tokenizer import NUM_DURATIONS, NUM_TOKEN_TYPES, TokenType
+
+TARGET_FIELDS = ("type", "pitch", "velocity", "duration", "song_frame", "bar")
+
+
+def shift_right(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Decoder inputs: target fields moved one step right, START in front."""
+    start_frame = batch["window_start_bar"] * notes_lib.FRAMES_PER_BAR
+    first = {"type": jnp.full_like(start_frame, START_TYPE), "pitch": jnp.zeros_like(start_frame),
+             "velocity": jnp.zeros_like(start_frame), "duration": jnp.zeros_like(start_frame),
+             "song_frame": start_frame, "bar": batch["window_start_bar"]}
+    return {name: jnp.concatenate([first[name][:, None], batch[f"target_{name}"][:, :-1]], axis=1)
+            for name in TARGET_FIELDS}
+
+
+class Heads(nnx.Module):
+    """Type and pitch from the hidden state; velocity and duration conditioned on the note so far."""
+
+    def __init__(self, d_model: int, *, rngs: nnx.Rngs) -> None:
+        self.type = nnx.Linear(d_model, NUM_TOKEN_TYPES, rngs=rngs)
+        self.pitch = nnx.Linear(d_model, notes_lib.NUM_PITCHES, rngs=rngs)
+        self.pitch_condition = nnx.Embed(notes_lib.NUM_PITCHES + 1, d_model, rngs=rngs)
+        self.velocity_condition = nnx.Embed(notes_lib.NUM_VELOCITIES, d_model, rngs=rngs)
+        self.velocity = layers.MLP(d_model, d_model, notes_lib.NUM_VELOCITIES, dtype=jnp.float32, rngs=rngs)
+        self.duration = layers.MLP(d_model, d_model, NUM_DURATIONS, dtype=jnp.float32, rngs=rngs)
+
+    def type_logits(self, h_BxTxD: jax.Array) -> jax.Array:
+        logits = self.type(h_BxTxD)
+        return logits.at[..., int(TokenType.PAD)].set(-1e9)  # PAD is never a prediction
+
+    def pitch_logits(self, h_BxTxD: jax.Array) -> jax.Array:
+        return self.pitch(h_BxTxD)
+
+    def velocity_logits(self, h_BxTxD: jax.Array, pitch_BxT: jax.Array) -> jax.Array:
+        return self.velocity(h_BxTxD + self.pitch_condition(pitch_index(pitch_BxT)))
+
+    def duration_logits(self, h_BxTxD: jax.Array, pitch_BxT: jax.Array, velocity_BxT: jax.Array) -> jax.Array:
+        return self.duration(h_BxTxD + self.pitch_condition(pitch_index(pitch_BxT))
+                             + self.velocity_condition(jnp.clip(velocity_BxT, 0, 127)))
+
+
+class Decoder(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs) -> None:
+        dtype = jnp.dtype(config.compute_dtype)
+        self.config = config
+        self.embed = TokenEmbedding(config.d_model, rngs=rngs)
+        self.position = PositionCode(config.d_model, use_segment_positions=config.use_segment_positions,
+                                     max_period_frames=config.max_position_frames, rngs=rngs)
+        self.condition = (layers.MLP(config.d_model, config.global_mlp_dim, config.d_model, dtype=dtype,
+                                     rngs=rngs) if config.use_global_view else None)
+        self.blocks = layers.stack(config.n_decoder_layers, lambda: layers.Block(
+            config.d_model, config.n_heads, config.d_ff, cross_attention=config.use_cross_attention,
+            rope_base=config.rope_base, dtype=dtype, implementation=config.attention_implementation,
+            rngs=rngs))
+        self.norm = layers.layer_norm(config.d_model, rngs)
+        self.heads = Heads(config.d_model, rngs=rngs)
+
+    def embed_inputs(self, inputs: dict[str, jax.Array], batch: dict[str, jax.Array]) -> jax.Array:
+        shape_BxT = inputs["type"].shape
+        segment_start = jnp.broadcast_to(batch["segment_start_frame"][:, None], shape_BxT)
+        segment_end = jnp.broadcast_to(batch["segment_end_frame"][:, None], shape_BxT)
+        return (self.embed(inputs["type"], inputs["pitch"], inputs["velocity"], inputs["duration"])
+                + self.position(inputs["song_frame"], batch["song_n_frames"], segment_start, segment_end))
+
+    def bar_condition(self, per_bar_BxGxD: jax.Array | None, bar_BxT: jax.Array) -> jax.Array | None:
+        if self.condition is None or per_bar_BxGxD is None:
+            return None
+        return self.condition(gather_bars(per_bar_BxGxD, bar_BxT)).astype(jnp.float32)
+
+    def __call__(self, batch: dict[str, jax.Array], context_BxSxD: jax.Array | None,
+                 per_bar_BxGxD: jax.Array | None, visible_slots: tuple[int, ...]) -> jax.Array:
+        """Final hidden states BxTxD for every target position (teacher forcing)."""
+        inputs = shift_right(batch)
+        valid_BxT = batch["target_type"] != int(TokenType.PAD)
+        x = self.embed_inputs(inputs, batch)
+        condition = self.bar_condition(per_bar_BxGxD, inputs["bar"])
+        n_tokens = x.shape[1]
+        self_mask = causal_mask(n_tokens)[None] & valid_BxT[:, :, None] & valid_BxT[:, None, :]
+        lengths = jnp.sum(valid_BxT, axis=1)
+        fast = FastPath(is_causal=True, query_lengths_B=lengths, key_lengths_B=lengths)
+        context_kv, cross_mask = None, None
+        if context_BxSxD is not None:
+            slot_visible = jnp.isin(batch["context_slot"], jnp.asarray(visible_slots, jnp.int32))
+            cross_mask = valid_BxT[:, :, None] & slot_visible[:, None, :]
+        for block in self.blocks:
+            if context_BxSxD is not None and block.cross_attention is not None:
+                context_kv = block.cross_attention.keys_values(
+                    context_BxSxD.astype(jnp.dtype(self.config.compute_dtype)), batch["context_song_frame"])
+            x = block(x, inputs["song_frame"], self_mask, condition_BxTxD=condition, context_kv=context_kv,
+                      cross_mask_BxTxS=cross_mask, fast_path=fast)
+        return self.norm(x)

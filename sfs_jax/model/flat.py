@@ -1,0 +1,20 @@
+"""The paper's Flat baseline: a decoder over an 8-bar window, no structure, no seed.
+
+SFS.md section 5 compares SFS with a GPT-like model that sees only the previous
+bars of the same window. Here it is the SFS model with cross-attention, the
+global view and segment positions switched off, so any difference in results
+comes from those parts and not from two code bases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from sfs_jax.model.config import ModelConfig
+
+
+def flat_config(config: ModelConfig) -> ModelConfig:
+    """The same sizes with every structure input removed."""
+    return dataclasses.replace(config, context_slots=(), use_cross_attention=False,
+                               use_global_view=False, use_segment_positions=False, n_encoder_layers=0,
+                               n_global_layers=0)

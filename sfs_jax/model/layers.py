@@ -1,0 +1,77 @@
+"""Pre-norm transformer blocks shared by the encoder, decoder, G and the bar VAE.
+
+Letters: B batch, T tokens, S context tokens, D model width.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sfs_jax.model.attention import FastPath, MultiHeadAttention
+
+
+class MLP(nnx.Module):
+    """Two linear layers with GELU: the feed-forward sublayer."""
+
+    def __init__(self, d_in: int, d_hidden: int, d_out: int, *, dtype: jnp.dtype, rngs: nnx.Rngs) -> None:
+        self.up = nnx.Linear(d_in, d_hidden, dtype=dtype, rngs=rngs)
+        self.down = nnx.Linear(d_hidden, d_out, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down(jax.nn.gelu(self.up(x)))
+
+
+def layer_norm(d_model: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """Norms run in fp32 whatever the compute dtype (stability under bf16)."""
+    return nnx.LayerNorm(d_model, dtype=jnp.float32, rngs=rngs)
+
+
+class Block(nnx.Module):
+    """Self-attention, optional cross-attention, MLP; each sublayer pre-normed.
+
+    ``condition_BxTxD`` (the decoder's per-token G vector) is added to the input of
+    every sublayer, as SFS.md section 3 describes, without entering the residual
+    stream itself.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, *, cross_attention: bool, rope_base: float,
+                 dtype: jnp.dtype, implementation: str, rngs: nnx.Rngs) -> None:
+        attention = lambda: MultiHeadAttention(d_model, n_heads, rope_base=rope_base, dtype=dtype,
+                                               implementation=implementation, rngs=rngs)
+        self.dtype = dtype
+        self.self_norm, self.self_attention = layer_norm(d_model, rngs), attention()
+        self.cross_norm = layer_norm(d_model, rngs) if cross_attention else None
+        self.cross_attention = attention() if cross_attention else None
+        self.mlp_norm = layer_norm(d_model, rngs)
+        self.mlp = MLP(d_model, d_ff, d_model, dtype=dtype, rngs=rngs)
+
+    def _input(self, norm: nnx.LayerNorm, x: jax.Array, condition: jax.Array | None) -> jax.Array:
+        return norm(x if condition is None else x + condition).astype(self.dtype)
+
+    def self_attend(self, x_BxTxD, positions_BxT, mask_BxTxT, condition_BxTxD=None, fast_path=None):
+        h = self._input(self.self_norm, x_BxTxD, condition_BxTxD)
+        return x_BxTxD + self.self_attention(h, positions_BxT, h, positions_BxT, mask_BxTxT, fast_path)
+
+    def cross_attend(self, x_BxTxD, positions_BxT, context_k, context_v, mask_BxTxS, condition_BxTxD=None):
+        """Cross-attention on precomputed context keys/values (computed once per segment)."""
+        h = self._input(self.cross_norm, x_BxTxD, condition_BxTxD)
+        q = self.cross_attention.queries(h, positions_BxT)
+        return x_BxTxD + self.cross_attention.attend_to(q, context_k, context_v, mask_BxTxS)
+
+    def feed_forward(self, x_BxTxD, condition_BxTxD=None):
+        return x_BxTxD + self.mlp(self._input(self.mlp_norm, x_BxTxD, condition_BxTxD))
+
+    def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask_BxTxT: jax.Array, *,
+                 condition_BxTxD: jax.Array | None = None, context_kv: tuple | None = None,
+                 cross_mask_BxTxS: jax.Array | None = None, fast_path: FastPath | None = None) -> jax.Array:
+        x = self.self_attend(x_BxTxD, positions_BxT, mask_BxTxT, condition_BxTxD, fast_path)
+        if self.cross_attention is not None and context_kv is not None:
+            x = self.cross_attend(x, positions_BxT, *context_kv, cross_mask_BxTxS, condition_BxTxD)
+        return self.feed_forward(x, condition_BxTxD).astype(jnp.float32)
+
+
+def stack(n_layers: int, make_block) -> nnx.List:
+    """n independently initialized blocks."""
+    return nnx.List([make_block() for _ in range(n_layers)])

@@ -1,0 +1,207 @@
+"""MIDI <-> notes on the 32-frame bar grid, through symusic (the engine under miditok).
+
+Place in the data flow: [1] reading any MIDI file into ``notes_Nx4`` and [7] writing
+generated songs back. Fixes the original's reader (SFS.md section 6): every
+non-drum track is merged into one piano part, the sustain pedal lengthens notes,
+pitches outside the piano are folded by octaves, the tempo is kept, and meters
+other than a constant 4/4 are refused with a reason instead of being cut into
+wrong bars.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import symusic
+
+from sfs_jax.music import notes as notes_lib
+from sfs_jax.music.structure import Segment
+
+DEFAULT_TEMPO_BPM = 120.0
+OUTPUT_TICKS_PER_BEAT = 480
+
+
+class MidiSkip(Exception):
+    """A MIDI file that cannot become a 4/4 piano song; ``reason`` is a short code."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclasses.dataclass
+class RawNotes:
+    """Merged, pedal-applied notes in the score's own time unit (ticks or seconds)."""
+
+    start: np.ndarray
+    end: np.ndarray
+    pitch: np.ndarray
+    velocity: np.ndarray
+    melody_start: np.ndarray  # onsets of tracks named MELODY, sorted (POP909 alignment)
+    melody_pitch: np.ndarray  # their pitches, in the same order
+
+
+@dataclasses.dataclass
+class ParsedMidi:
+    """A MIDI file on the frame grid: what the dataset builders consume."""
+
+    notes_Nx4: np.ndarray
+    tempo_bpm: float
+    stats: notes_lib.NormalizationStats
+
+
+def load_score(path: str | os.PathLike) -> symusic.Score:
+    """Parses a MIDI file; every failure becomes MidiSkip so a corpus build never crashes."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise MidiSkip("unreadable", str(err)) from err
+    if size == 0:
+        raise MidiSkip("empty_file", "0 bytes")
+    with open(path, "rb") as f:
+        header = f.read(14)
+    if len(header) < 14 or header[:4] != b"MThd":
+        raise MidiSkip("not_midi_or_corrupt", "no MThd header")
+    midi_format = int.from_bytes(header[8:10], "big")
+    if midi_format == 2:
+        # Format 2 holds independent sequential patterns, not one song on one timeline.
+        raise MidiSkip("midi_type_2", "format 2 files hold independent patterns")
+    if midi_format > 2:
+        raise MidiSkip("not_midi_or_corrupt", f"unknown MIDI format {midi_format}")
+    try:
+        return symusic.Score(str(path))
+    except Exception as err:  # symusic raises RuntimeError/ValueError/... on bad bytes
+        raise MidiSkip("not_midi_or_corrupt", f"{type(err).__name__}: {err}") from err
+
+
+def check_four_four(score: symusic.Score) -> None:
+    """Refuses songs not in a constant 4/4 (no time signature means 4/4 by the MIDI spec)."""
+    meters = [(ts.numerator, ts.denominator) for ts in score.time_signatures]
+    distinct = sorted(set(meters))
+    if len(distinct) > 1:
+        raise MidiSkip("meter_change", " -> ".join(f"{n}/{d}" for n, d in dict.fromkeys(meters)))
+    if distinct and distinct[0] != (4, 4):
+        raise MidiSkip("not_4_4", f"{distinct[0][0]}/{distinct[0][1]}")
+
+
+def first_tempo_bpm(score: symusic.Score) -> float:
+    """The tempo in force at the start, so generated MIDI can be written at the song's tempo."""
+    tempos = sorted(score.tempos, key=lambda t: t.time)
+    return float(tempos[0].qpm) if tempos else DEFAULT_TEMPO_BPM
+
+
+def _apply_sustain(start: np.ndarray, end: np.ndarray, pedal_start: np.ndarray,
+                   pedal_end: np.ndarray) -> np.ndarray:
+    """A note released while the pedal is down sounds until the pedal comes up."""
+    if len(pedal_start) == 0 or len(end) == 0:
+        return end
+    order = np.argsort(pedal_start, kind="stable")
+    pedal_start, pedal_end = pedal_start[order], pedal_end[order]
+    # Overlapping pedal spans: the running maximum of ends is the effective release.
+    pedal_end = np.maximum.accumulate(pedal_end)
+    idx = np.searchsorted(pedal_start, end, side="right") - 1
+    held = (idx >= 0) & (end < pedal_end[np.maximum(idx, 0)])
+    return np.where(held, np.maximum(end, pedal_end[np.maximum(idx, 0)]), end)
+
+
+def merge_tracks(score: symusic.Score) -> RawNotes:
+    """All non-drum tracks as one piano part with each track's own sustain pedal applied."""
+    parts, melody = [], []
+    for track in score.tracks:
+        if track.is_drum or len(track.notes) == 0:
+            continue
+        arr = track.notes.numpy()
+        start = arr["time"].astype(np.float64)
+        end = start + np.maximum(arr["duration"].astype(np.float64), 0.0)
+        pedals = track.pedals.numpy()
+        p_start = pedals["time"].astype(np.float64)
+        end = _apply_sustain(start, end, p_start, p_start + pedals["duration"].astype(np.float64))
+        parts.append((start, end, arr["pitch"].astype(np.int64), arr["velocity"].astype(np.int64)))
+        if track.name.strip().upper() == "MELODY":
+            melody.append((start, arr["pitch"].astype(np.int64)))
+    if not parts:
+        raise MidiSkip("no_pitched_notes", "no notes outside drum tracks")
+    start, end, pitch, velocity = (np.concatenate(cols) for cols in zip(*parts, strict=True))
+    melody_start = np.concatenate([m[0] for m in melody]) if melody else np.zeros(0)
+    melody_pitch = np.concatenate([m[1] for m in melody]) if melody else np.zeros(0, np.int64)
+    order = np.argsort(melody_start, kind="stable")
+    return RawNotes(start, end, pitch, velocity, melody_start[order], melody_pitch[order])
+
+
+def quantize(raw: RawNotes, beats_of_time: Callable[[np.ndarray], np.ndarray],
+             origin_beats: float = 0.0) -> tuple[np.ndarray, notes_lib.NormalizationStats]:
+    """Maps onsets/offsets to the nearest frame of the beat grid and normalizes.
+
+    ``beats_of_time`` turns the score's time unit into (fractional) beats: ticks/tpq
+    for ordinary files, interpolation of annotated beat times for POP909.
+    ``origin_beats`` is the beat that becomes frame 0 (bar 0); notes before it are
+    dropped by ``normalize_notes``.
+    """
+    fpb = notes_lib.FRAMES_PER_BEAT
+    onset = np.rint((beats_of_time(raw.start) - origin_beats) * fpb).astype(np.int64)
+    offset = np.rint((beats_of_time(raw.end) - origin_beats) * fpb).astype(np.int64)
+    notes = np.stack([onset, raw.pitch, raw.velocity, offset - onset], axis=1)
+    return notes_lib.normalize_notes(notes)
+
+
+def read_midi(path: str | os.PathLike) -> ParsedMidi:
+    """Reads an ordinary MIDI file (own ticks per beat and meter) onto the frame grid."""
+    score = load_score(path)
+    check_four_four(score)
+    raw = merge_tracks(score)
+    tpq = float(score.ticks_per_quarter)
+    if tpq <= 0:
+        raise MidiSkip("not_midi_or_corrupt", f"ticks per quarter is {tpq}")
+    notes, stats = quantize(raw, lambda t: t / tpq)
+    if len(notes) == 0:
+        raise MidiSkip("no_pitched_notes", "no notes left after quantization")
+    return ParsedMidi(notes, first_tempo_bpm(score), stats)
+
+
+def notes_to_score(notes_Nx4: np.ndarray, tempo_bpm: float,
+                   segments: Sequence[Segment] = (), seed_segment: int | None = None) -> symusic.Score:
+    """One piano track at the song's tempo, 4/4, and one marker per segment with its label."""
+    tpf = OUTPUT_TICKS_PER_BEAT // notes_lib.FRAMES_PER_BEAT
+    score = symusic.Score(OUTPUT_TICKS_PER_BEAT)
+    score.tempos.append(symusic.Tempo(0, float(tempo_bpm)))
+    score.time_signatures.append(symusic.TimeSignature(0, 4, 4))
+    for index, seg in enumerate(segments):
+        text = f"{seg.label}{seg.n_bars}" + (" seed" if index == seed_segment else "")
+        score.markers.append(symusic.TextMeta(seg.start_bar * notes_lib.FRAMES_PER_BAR * tpf, text))
+    track = symusic.Track("Piano", program=0, is_drum=False)
+    notes = np.asarray(notes_Nx4, np.int64).reshape(-1, 4)
+    for onset, pitch, velocity, duration in notes:
+        track.notes.append(symusic.Note(int(onset) * tpf, max(int(duration), 1) * tpf,
+                                        int(pitch), int(velocity)))
+    score.tracks.append(track)
+    return score
+
+
+def write_midi(path: str | os.PathLike, notes_Nx4: np.ndarray, tempo_bpm: float,
+               segments: Sequence[Segment] = (), seed_segment: int | None = None) -> Path:
+    """Writes atomically (temp file, then rename) so a failure never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    score = notes_to_score(notes_Nx4, tempo_bpm, segments, seed_segment)
+    fd, tmp = tempfile.mkstemp(suffix=".mid", dir=path.parent)
+    os.close(fd)
+    try:
+        score.dump_midi(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_markers(score: symusic.Score) -> list[tuple[int, str]]:
+    """(bar, text) of each marker, for restoring a structure from an exported MIDI."""
+    ticks_per_bar = score.ticks_per_quarter * notes_lib.BEATS_PER_BAR
+    return [(round(m.time / ticks_per_bar), m.text) for m in sorted(score.markers, key=lambda m: m.time)]

@@ -1,0 +1,204 @@
+"""``train_and_evaluate``: the training loop shared by SFS, Flat and the bar VAE.
+
+Place in the data flow: [4]->[5]. A ``Task`` says what is trained (model
+constructor, pure loss, loaders); this module owns everything else: optimizer
+and schedule, data-parallel sharding, the jitted pure step, periodic validation
+with bits per beat, TensorBoard scalars, a progress line, a NaN/inf guard and
+orbax checkpoints whose resume is exact (state, data iterator and step-folded
+PRNG keys are all restored).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from sfs_jax.training import steps
+from sfs_jax.training.checkpoint import Checkpoints
+from sfs_jax.training.metrics_writer import MetricsWriter
+
+
+@dataclasses.dataclass
+class Task:
+    """What to train: everything model- and data-specific the loop needs."""
+
+    name: str
+    make_model: Callable[[nnx.Rngs], nnx.Module]
+    loss_fn: steps.LossFn
+    make_train_iterator: Callable[[int], Any]  # seed -> checkpointable grain iterator
+    make_eval_iterator: Callable[[], Iterator[dict[str, np.ndarray]] | None]
+    tokens_key: str = "target_type"  # non-zero entries of this field are the batch's tokens
+    config_json: dict = dataclasses.field(default_factory=dict)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced NaN/inf; the last good checkpoint is kept."""
+
+
+def make_optimizer(train_config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, Callable]:
+    """Adam with linear warmup then cosine or linear decay to ``final_lr_fraction``, clipped."""
+    peak, warmup = train_config.learning_rate, train_config.warmup_steps
+    decay_steps = max(train_config.num_steps - warmup, 1)
+    end = peak * train_config.final_lr_fraction
+    if train_config.schedule == "cosine":
+        decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=train_config.final_lr_fraction)
+    elif train_config.schedule == "linear":
+        decay = optax.linear_schedule(peak, end, decay_steps)
+    elif train_config.schedule == "constant":
+        decay = optax.constant_schedule(peak)
+    else:
+        raise ValueError(f"unknown schedule {train_config.schedule!r}: cosine, linear or constant")
+    schedule = optax.join_schedules([optax.linear_schedule(0.0, peak, max(warmup, 1)), decay], [warmup])
+    tx = optax.chain(optax.clip_by_global_norm(train_config.clip_norm),
+                     optax.adamw(schedule, b1=0.9, b2=0.98, weight_decay=train_config.weight_decay))
+    return tx, schedule
+
+
+def make_mesh() -> jax.sharding.Mesh:
+    """A 1-D data-parallel mesh over every device of every process."""
+    return jax.make_mesh((jax.device_count(),), ("data",))
+
+
+def shard_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+    """Process-local batch -> global arrays split over the data axis (works single- and multi-host)."""
+    sharding = NamedSharding(mesh, P("data"))
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+
+def _numeric(batch: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Drops host-only counters (ints/strings the model never reads) from a collated batch."""
+    return {k: v for k, v in batch.items() if isinstance(v, np.ndarray) and v.ndim >= 1
+            and v.dtype != object}
+
+
+def init_state(task: Task, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+               ) -> tuple[nnx.GraphDef, nnx.State, Callable]:
+    """(graphdef, replicated state, lr schedule) of a fresh model and optimizer."""
+    tx, schedule = make_optimizer(config.train)
+    model = task.make_model(nnx.Rngs(params=config.train.seed))
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    graphdef, state = nnx.split((model, optimizer))
+    replicated = NamedSharding(mesh, P())
+    return graphdef, jax.device_put(state, replicated), schedule
+
+
+def parameter_count(state: nnx.State) -> int:
+    model_state = state[0] if isinstance(state, (tuple, list)) else state
+    return int(sum(x.size for x in jax.tree.leaves(nnx.filter_state(model_state, nnx.Param))))
+
+
+def evaluate(eval_fn: Callable, graphdef, state, eval_iterator, mesh, key: jax.Array) -> dict[str, float]:
+    """Sums metrics over the whole validation iterator, then summarizes."""
+    totals: dict[str, float] = {}
+    for index, batch in enumerate(eval_iterator):
+        metrics = jax.device_get(eval_fn(graphdef, state, shard_batch(_numeric(batch), mesh),
+                                         jax.random.fold_in(key, index)))
+        for name, value in metrics.items():
+            totals[name] = totals.get(name, 0.0) + float(value)
+    return steps.summarize(totals) if totals else {}
+
+
+def train_and_evaluate(task: Task, config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Trains ``task`` to ``config.train.num_steps`` in ``workdir``, resuming if possible.
+
+    Returns the last training and validation summaries. Raises NonFiniteLossError
+    (after closing the writers) when the loss stops being finite.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    train_config = config.train
+    mesh = make_mesh()
+    if train_config.batch_size % (jax.device_count() * train_config.grad_accum_steps):
+        raise ValueError(f"batch_size {train_config.batch_size} must divide by devices x grad_accum_steps "
+                         f"({jax.device_count()} x {train_config.grad_accum_steps})")
+    graphdef, state, schedule = init_state(task, config, mesh)
+    logging.info("%s: %d parameters", task.name, parameter_count(state))
+    checkpoints = Checkpoints(workdir, keep=train_config.keep_checkpoints)
+    train_iterator = task.make_train_iterator(train_config.seed)
+    start_step = 0
+    if checkpoints.latest_step() is not None:
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+        state, data_state, meta = checkpoints.restore(abstract)
+        train_iterator.set_state(data_state)
+        start_step = int(meta["step"])
+        logging.info("resumed %s at step %d", workdir, start_step)
+
+    loss_fn = task.loss_fn
+    train_fn = jax.jit(functools.partial(steps.train_step, loss_fn=loss_fn,
+                                         grad_accum_steps=train_config.grad_accum_steps), donate_argnums=1)
+    eval_fn = jax.jit(functools.partial(steps.eval_step, loss_fn=loss_fn))
+    base_key = jax.random.key(train_config.seed)
+    writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
+    meta_base = {"task": task.name, "config": task.config_json}
+    shapes_seen: set = set()
+    pending: list[dict[str, jax.Array]] = []
+    last_train: dict[str, float] = {}
+    last_eval: dict[str, float] = {}
+    window_start, window_tokens = time.perf_counter(), 0
+
+    def save(step: int, validation_loss: float | None = None) -> None:
+        meta = {**meta_base, "step": step, "train": last_train, "validation": last_eval}
+        data_state = train_iterator.get_state()
+        checkpoints.save(step, state, data_state, meta)
+        if validation_loss is not None:
+            checkpoints.save_best(step, state, data_state, meta, validation_loss)
+
+    try:
+        for step in range(start_step, train_config.num_steps):
+            batch = _numeric(next(train_iterator))
+            shape = tuple(sorted((k, v.shape) for k, v in batch.items()))
+            if shape not in shapes_seen:
+                shapes_seen.add(shape)
+                logging.info("batch shape %d of run (a new jit compile): %s", len(shapes_seen),
+                             {k: v for k, v in shape if k.startswith(("target_type", "context_slot",
+                                                                       "bar_known", "tokens_type"))})
+            window_tokens += int(np.count_nonzero(batch[task.tokens_key]))
+            state, metrics = train_fn(graphdef, state, shard_batch(batch, mesh),
+                                      jax.random.fold_in(base_key, step))
+            pending.append(metrics)
+            done = step + 1
+            if done % train_config.log_every == 0 or done == train_config.num_steps:
+                sums = jax.device_get(jax.tree.map(lambda *xs: jnp.sum(jnp.stack(xs)), *pending))
+                if not all(np.isfinite(float(sums[k])) for k in ("loss", "grad_norm")):
+                    raise NonFiniteLossError(f"non-finite loss or gradient at step {done}; the last good "
+                                             f"checkpoint in {workdir} is kept")
+                elapsed = time.perf_counter() - window_start
+                last_train = steps.summarize(sums)
+                last_train.update(learning_rate=float(schedule(done)), tokens_per_second=window_tokens / elapsed,
+                                  step_seconds=elapsed / len(pending),
+                                  grad_norm=float(sums["grad_norm"]) / len(pending))
+                writer.write("train", done, last_train)
+                print(f"[{task.name}] step {done}/{train_config.num_steps} " + " ".join(
+                    f"{k}={v:.4g}" for k, v in last_train.items()), flush=True)
+                pending, window_start, window_tokens = [], time.perf_counter(), 0
+            is_eval = done % train_config.eval_every == 0 or done == train_config.num_steps
+            eval_iterator = task.make_eval_iterator() if is_eval else None
+            if eval_iterator is not None:
+                last_eval = evaluate(eval_fn, graphdef, state, eval_iterator, mesh, jax.random.key(0))
+                writer.write("validation", done, last_eval)
+                print(f"[{task.name}] validation step {done} " + " ".join(
+                    f"{k}={v:.4g}" for k, v in last_eval.items()), flush=True)
+            if done % train_config.checkpoint_every == 0 or done == train_config.num_steps or is_eval:
+                save(done, last_eval.get("loss") if is_eval and last_eval else None)
+    finally:
+        writer.close()
+        checkpoints.close()
+    logging.info("compiled %d batch shapes", len(shapes_seen))
+    (workdir / "final_metrics.json").write_text(json.dumps({"train": last_train, "validation": last_eval},
+                                                           indent=2))
+    return {"train": last_train, "validation": last_eval, "batch_shapes": len(shapes_seen)}

@@ -1,0 +1,46 @@
+"""Shared fixtures: real MIDI files written by the tests, a real tiny TFDS build, data skips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sfs_jax.music import midi_io
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+POP909_DIR = REPO_ROOT.parent / "shared" / "data" / "pop909"
+TINY_SYNTHETIC_SONGS = 24
+
+
+@pytest.fixture(scope="session")
+def pop909_dir() -> Path:
+    """The shared POP909 copy, or a skip that says why (a fresh clone has no ../shared)."""
+    if not (POP909_DIR / "songs").is_dir():
+        pytest.skip(f"POP909 not found at {POP909_DIR} (../shared/data/pop909 is absent on this machine)")
+    return POP909_DIR
+
+
+def scale_notes(n_bars: int, notes_per_bar: int = 8, seed: int = 0) -> np.ndarray:
+    """A small deterministic piano part: notes_per_bar notes per bar on the frame grid."""
+    rng = np.random.default_rng(seed)
+    step = 32 // notes_per_bar
+    onsets = np.arange(n_bars * notes_per_bar) * step
+    pitches = 60 + rng.integers(0, 12, len(onsets))
+    return np.stack([onsets, pitches, np.full_like(onsets, 80), np.full_like(onsets, step)], 1)
+
+
+def write_good_midi(path: Path, n_bars: int = 8, seed: int = 0, tempo_bpm: float = 100.0) -> Path:
+    """A valid 4/4 MIDI file written through the project's own writer."""
+    return midi_io.write_midi(path, scale_notes(n_bars, seed=seed), tempo_bpm)
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real ``sfs_songs`` synthetic build (array_record) shared by the tests that read data."""
+    from data_pipeline import build
+
+    data_dir = tmp_path_factory.mktemp("tfds")
+    folder, _ = build.build("synthetic", data_dir, num_songs=TINY_SYNTHETIC_SONGS, seed=0, workers=1)
+    return folder
