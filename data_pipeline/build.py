@@ -25,14 +25,6 @@ from data_pipeline.sfs_songs import Builder, SfsSongsConfig
 
 CONFIG_NAMES = ("synthetic", "pop909", "midi_folder")
 
-_CONFIG = flags.DEFINE_enum("config", "synthetic", CONFIG_NAMES, "Which sfs_songs builder config.")
-_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "POP909 folder or MIDI folder (pop909/midi_folder).")
-_DATA_DIR = flags.DEFINE_string("data_dir", "~/tensorflow_datasets", "Where TFDS datasets are written.")
-_WORKERS = flags.DEFINE_integer("workers", os.cpu_count() or 1, "Worker processes for song processing.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed for automatic segmentation and synthetic songs.")
-_NUM_SONGS = flags.DEFINE_integer("num_songs", 512, "Number of synthetic songs.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild even if the dataset exists.")
-
 
 def make_config(name: str, seed: int = 0, num_songs: int = 512) -> SfsSongsConfig | str:
     """The registered config name, or a custom config (own folder) for another seed/size."""
@@ -70,10 +62,21 @@ def build(config_name: str, data_dir: str | os.PathLike, manual_dir: str | None 
     return folder, json.loads(saved.read_text()) if saved.exists() else None
 
 
+def define_flags() -> None:
+    """CLI flags, defined only when run as a program so importing ``build`` defines none."""
+    flags.DEFINE_enum("config", "synthetic", CONFIG_NAMES, "Which sfs_songs builder config.")
+    flags.DEFINE_string("manual_dir", None, "POP909 folder or MIDI folder (pop909/midi_folder).")
+    flags.DEFINE_string("data_dir", "~/tensorflow_datasets", "Where TFDS datasets are written.")
+    flags.DEFINE_integer("workers", os.cpu_count() or 1, "Worker processes for song processing.")
+    flags.DEFINE_integer("seed", 0, "Seed for automatic segmentation and synthetic songs.")
+    flags.DEFINE_integer("num_songs", 512, "Number of synthetic songs.")
+    flags.DEFINE_bool("overwrite", False, "Rebuild even if the dataset exists.")
+
+
 def main(argv: list[str]) -> None:
     del argv
-    folder, report = build(_CONFIG.value, _DATA_DIR.value, _MANUAL_DIR.value, _WORKERS.value,
-                           _SEED.value, _NUM_SONGS.value, _OVERWRITE.value)
+    f = flags.FLAGS
+    folder, report = build(f.config, f.data_dir, f.manual_dir, f.workers, f.seed, f.num_songs, f.overwrite)
     if report is None:
         logging.info("dataset already built at %s (no report found)", folder)
     else:
@@ -84,4 +87,5 @@ def main(argv: list[str]) -> None:
 import tensorflow_datasets as tfds  # noqa: E402  (after flags, keeps --help fast to read)
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

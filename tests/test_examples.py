@@ -58,6 +58,8 @@ def test_contexts_come_only_from_segments_composed_before_the_target(config: E.E
         bars = example["context_song_frame"] // FRAMES_PER_BAR
         sources = {segment_of_bar(song, int(b)) for b in bars}
         assert sources <= set(plan.composed), (song.song_id, seed)
+        order = list(plan.compose_order)
+        assert all(order.index(i) < plan.target_position for i in sources)
         starts = example["context_segment_start_frame"] // FRAMES_PER_BAR
         ends = example["context_segment_end_frame"] // FRAMES_PER_BAR
         assert np.all((starts <= bars) & (bars < ends))

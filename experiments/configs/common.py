@@ -58,6 +58,6 @@ def data_block(**overrides: Any) -> ml_collections.ConfigDict:
     """Which ``sfs_songs`` build to read (built on demand by experiments/train.py)."""
     data = ml_collections.ConfigDict(dict(
         builder="synthetic", data_dir="~/tensorflow_datasets", manual_dir="", dataset_dir="",
-        num_songs=512, build_seed=0, bar_embeddings=""))
+        num_songs=512, build_seed=0))
     data.update(overrides)
     return data

@@ -26,9 +26,10 @@ TRAIN_BY_SIZE = {
 }
 EXAMPLES_BY_SIZE = {
     "paper": dict(),
-    "small": dict(target_buckets=(384, 512, 768, 1024), context_buckets=(128, 256, 512, 768)),
+    "small": dict(target_buckets=(384, 512, 768, 1024), context_buckets=(128, 256, 512, 768),
+                  previous_token_budget=768),
     "tiny": dict(window_bars=2, context_bars=2, target_buckets=(96, 128, 192, 256),
-                 context_buckets=(32, 64, 128, 256)),
+                 context_buckets=(32, 64, 128, 256), previous_token_budget=256),
 }
 
 
@@ -52,6 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                     num_songs=64 if args.size == "tiny" else 512)
     # Where the bar VAE lives (experiments/train.py trains it first when empty and G is on).
     config.vae_workdir = ""
+    config.vae_fingerprint = ""  # set by experiments/train.py: ties the run to one VAE
     config.train = common.train_block(**TRAIN_BY_SIZE[args.size])
     return config
 

@@ -260,7 +260,11 @@ def keep_nearest(notes_Nx4: np.ndarray, n_keep: int, start_frame: int, end_frame
 
 def _context_tokens(song: Song, plan: ExamplePlan, config: ExampleConfig,
                     window_end_bar: int) -> tuple[dict[str, np.ndarray], bool]:
-    """Concatenated context fields and whether any context lost notes to its share."""
+    """Concatenated context fields and whether any context lost notes to its share.
+
+    In ``all_previous`` mode older segments left out by ``previous_token_budget`` count
+    as lost notes too, so the flag measures how often the budget binds.
+    """
     sources = context_sources(song.segments, plan, config.context_mode)
     notes = [_cropped_notes(song, song.segments[i], slot, config.context_bars) for slot, i in sources]
     lengths = [len(n) for n in notes]

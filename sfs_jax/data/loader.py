@@ -166,8 +166,11 @@ def make_loader(data_source: Any, *, batch_size: int, seed: int, example_config:
     ``data_source`` is a random-access source of ``sfs_songs`` feature dicts, e.g.
     ``tfds.builder_from_directory(folder).as_data_source()["train"]``. ``num_epochs``
     None repeats forever. ``worker_count`` > 0 builds examples in that many processes
-    (``mp_prefetch``); the batches are the same either way. Save ``get_state()`` with
-    the model and ``set_state`` it on a fresh loader to resume exactly.
+    (``mp_prefetch``); the batches are the same either way, but the saved state's
+    layout depends on it, so resume with the same ``worker_count``. grain's worker
+    processes read absl flags: call this after ``app.run`` has parsed them. Save
+    ``get_state()`` with the model and ``set_state`` it on a fresh loader to resume
+    exactly.
     """
     dataset = make_dataset(data_source, batch_size=batch_size, seed=seed, example_config=example_config,
                            num_epochs=num_epochs, shuffle=shuffle, bar_embeddings=bar_embeddings,

@@ -207,7 +207,7 @@ def cyclic_beta(step: int | jax.Array, *, max_beta: float = 0.1, cycle_steps: in
     Within each cycle of ``cycle_steps`` steps beta rises linearly over the first
     ``ramp_fraction`` of the cycle and stays at ``max_beta`` for the rest; restarting
     at 0 lets the decoder re-learn to use z after each phase of strong KL pressure.
-    A Python int step gives a Python float (for logs); a jax step gives a jax scalar.
+    A Python int step gives a Python float (for logs); a jax step gives a jax array.
     """
     if cycle_steps < 1:
         raise ValueError(f"cycle_steps must be >= 1, got {cycle_steps}")
@@ -216,7 +216,7 @@ def cyclic_beta(step: int | jax.Array, *, max_beta: float = 0.1, cycle_steps: in
     xp = jnp if isinstance(step, jax.Array) else np
     phase = xp.mod(step, cycle_steps) / cycle_steps
     beta = max_beta * xp.minimum(phase / ramp_fraction, 1.0)
-    return beta if xp is jnp else float(beta)
+    return float(beta) if xp is np and np.ndim(beta) == 0 else beta
 
 
 def make_embed_fn(model: BarVAE) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:

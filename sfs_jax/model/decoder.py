@@ -96,7 +96,8 @@ class Decoder(nnx.Module):
         inputs = shift_right(batch)
         valid_BxT = batch["target_type"] != int(TokenType.PAD)
         x = self.embed_inputs(inputs, batch)
-        condition = self.bar_condition(per_bar_BxGxD, inputs["bar"])
+        # G covers bars [global_start_bar, global_start_bar + G) of the song.
+        condition = self.bar_condition(per_bar_BxGxD, inputs["bar"] - batch["global_start_bar"][:, None])
         n_tokens = x.shape[1]
         self_mask = causal_mask(n_tokens)[None] & valid_BxT[:, :, None] & valid_BxT[:, None, :]
         lengths = jnp.sum(valid_BxT, axis=1)

@@ -19,7 +19,7 @@ class MetricsWriter:
         self.enabled = enabled
         self.workdir = Path(workdir)
         self._tb = SummaryWriter(str(self.workdir / "tensorboard")) if enabled else None
-        self._jsonl = open(self.workdir / "metrics.jsonl", "a") if enabled else None  # noqa: SIM115
+        self._jsonl = open(self.workdir / "metrics.jsonl", "a") if enabled else None
 
     def write(self, split: str, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:

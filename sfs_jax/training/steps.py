@@ -24,7 +24,9 @@ from sfs_jax.model.embeddings import pitch_index
 from sfs_jax.music.tokenizer import TokenType
 
 HEADS = ("type", "pitch", "velocity", "duration")
-LossFn = Callable[[nnx.Module, dict[str, jax.Array], jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+# loss_fn(model, batch, key, step) -> (loss, metrics); step is -1 in evaluation.
+LossFn = Callable[[nnx.Module, dict[str, jax.Array], jax.Array, jax.Array],
+                  tuple[jax.Array, dict[str, jax.Array]]]
 
 
 def head_labels(batch: dict[str, jax.Array]) -> dict[str, tuple[jax.Array, jax.Array]]:
@@ -56,10 +58,10 @@ def factorized_nll(logits: dict[str, jax.Array], labels: dict[str, tuple[jax.Arr
     return loss, metrics
 
 
-def sfs_loss(model: nnx.Module, batch: dict[str, jax.Array], key: jax.Array
+def sfs_loss(model: nnx.Module, batch: dict[str, jax.Array], key: jax.Array, step: jax.Array
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Teacher-forced loss of the SFS (or Flat) model; ``key`` unused (no dropout)."""
-    del key
+    """Teacher-forced loss of the SFS (or Flat) model; ``key`` and ``step`` unused (no dropout)."""
+    del key, step
     loss, metrics = factorized_nll(model.logits(batch), head_labels(batch))
     metrics["n_beats"] = jnp.sum(batch["n_beats"]).astype(jnp.float32)
     metrics["tokens"] = jnp.sum(batch["target_type"] != int(TokenType.PAD))
@@ -67,18 +69,27 @@ def sfs_loss(model: nnx.Module, batch: dict[str, jax.Array], key: jax.Array
     return loss, metrics
 
 
-def summarize(metric_sums: dict[str, Any]) -> dict[str, float]:
-    """Sums/counts -> per-head mean NLL, accuracy, loss and bits per beat."""
-    out = {}
-    total = 0.0
+def summarize(metric_sums: dict[str, Any], n_batches: int) -> dict[str, float]:
+    """Summed metrics of ``n_batches`` steps -> readable values.
+
+    Per-head sums/counts become exact per-token means and accuracies, their sum the
+    loss, and ``nll_sum / n_beats`` bits per beat; any other metric (the VAE's
+    ``kl``, ``beta``, the gradient norm) is averaged over the batches.
+    """
+    out: dict[str, float] = {}
+    head_keys = {"nll_sum", "n_beats", "tokens"}
     for head in HEADS:
         if f"{head}_count" not in metric_sums:
             continue
+        head_keys |= {f"{head}_nll_sum", f"{head}_count", f"{head}_correct"}
         count = max(float(metric_sums[f"{head}_count"]), 1.0)
         out[f"{head}_nll"] = float(metric_sums[f"{head}_nll_sum"]) / count
         out[f"{head}_accuracy"] = float(metric_sums[f"{head}_correct"]) / count
-        total += out[f"{head}_nll"]
-    out["loss"] = total
+    for name, value in metric_sums.items():
+        if name not in head_keys:
+            out[name] = float(value) / max(n_batches, 1)
+    if any(f"{head}_nll" in out for head in HEADS):
+        out["loss"] = sum(out[f"{head}_nll"] for head in HEADS if f"{head}_nll" in out)
     if float(metric_sums.get("n_beats", 0.0)) > 0:
         out["bits_per_beat"] = float(metric_sums["nll_sum"]) / math.log(2) / float(metric_sums["n_beats"])
     return out
@@ -90,14 +101,14 @@ def split_micro_batches(batch: dict[str, jax.Array], n_micro: int) -> dict[str, 
 
 
 def train_step(graphdef: nnx.GraphDef, state: nnx.State, batch: dict[str, jax.Array], key: jax.Array,
-               *, loss_fn: LossFn, grad_accum_steps: int = 1) -> tuple[nnx.State, dict[str, jax.Array]]:
+               step: jax.Array, *, loss_fn: LossFn, grad_accum_steps: int = 1) -> tuple[nnx.State, dict[str, jax.Array]]:
     """One optimizer update, averaging gradients over ``grad_accum_steps`` micro-batches."""
     model, optimizer = nnx.merge(graphdef, state)
     model_def, params, others = nnx.split(model, nnx.Param, ...)
 
     def micro_grads(micro_batch, micro_key):
         def loss_of(p):
-            return loss_fn(nnx.merge(model_def, p, others), micro_batch, micro_key)
+            return loss_fn(nnx.merge(model_def, p, others), micro_batch, micro_key, step)
         (_, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
         return grads, metrics
 
@@ -125,5 +136,5 @@ def eval_step(graphdef: nnx.GraphDef, state: nnx.State, batch: dict[str, jax.Arr
               *, loss_fn: LossFn) -> dict[str, jax.Array]:
     """Loss metrics without an update (state is the same (model, optimizer) state)."""
     model, _ = nnx.merge(graphdef, state)
-    _, metrics = loss_fn(model, batch, key)
+    _, metrics = loss_fn(model, batch, key, jnp.asarray(-1, jnp.int32))
     return metrics

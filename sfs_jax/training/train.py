@@ -70,8 +70,12 @@ def make_optimizer(train_config: ml_collections.ConfigDict) -> tuple[optax.Gradi
 
 
 def make_mesh() -> jax.sharding.Mesh:
-    """A 1-D data-parallel mesh over every device of every process."""
-    return jax.make_mesh((jax.device_count(),), ("data",))
+    """A 1-D data-parallel mesh over every device of every process.
+
+    Auto axis types: XLA's partitioner propagates the batch sharding through the
+    model, so model code needs no sharding annotations.
+    """
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def shard_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
@@ -105,12 +109,14 @@ def parameter_count(state: nnx.State) -> int:
 def evaluate(eval_fn: Callable, graphdef, state, eval_iterator, mesh, key: jax.Array) -> dict[str, float]:
     """Sums metrics over the whole validation iterator, then summarizes."""
     totals: dict[str, float] = {}
+    n_batches = 0
     for index, batch in enumerate(eval_iterator):
+        n_batches += 1
         metrics = jax.device_get(eval_fn(graphdef, state, shard_batch(_numeric(batch), mesh),
                                          jax.random.fold_in(key, index)))
         for name, value in metrics.items():
             totals[name] = totals.get(name, 0.0) + float(value)
-    return steps.summarize(totals) if totals else {}
+    return steps.summarize(totals, n_batches) if totals else {}
 
 
 def train_and_evaluate(task: Task, config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
@@ -169,7 +175,7 @@ def train_and_evaluate(task: Task, config: ml_collections.ConfigDict, workdir: s
                                                                        "bar_known", "tokens_type"))})
             window_tokens += int(np.count_nonzero(batch[task.tokens_key]))
             state, metrics = train_fn(graphdef, state, shard_batch(batch, mesh),
-                                      jax.random.fold_in(base_key, step))
+                                      jax.random.fold_in(base_key, step), jnp.asarray(step, jnp.int32))
             pending.append(metrics)
             done = step + 1
             if done % train_config.log_every == 0 or done == train_config.num_steps:
@@ -178,10 +184,9 @@ def train_and_evaluate(task: Task, config: ml_collections.ConfigDict, workdir: s
                     raise NonFiniteLossError(f"non-finite loss or gradient at step {done}; the last good "
                                              f"checkpoint in {workdir} is kept")
                 elapsed = time.perf_counter() - window_start
-                last_train = steps.summarize(sums)
+                last_train = steps.summarize(sums, len(pending))
                 last_train.update(learning_rate=float(schedule(done)), tokens_per_second=window_tokens / elapsed,
-                                  step_seconds=elapsed / len(pending),
-                                  grad_norm=float(sums["grad_norm"]) / len(pending))
+                                  step_seconds=elapsed / len(pending))
                 writer.write("train", done, last_train)
                 print(f"[{task.name}] step {done}/{train_config.num_steps} " + " ".join(
                     f"{k}={v:.4g}" for k, v in last_train.items()), flush=True)

@@ -1,0 +1,39 @@
+r"""Bar VAE training config (SFS.md section 3: 5+5 layers, latent 256, beta 0.1, cyclic schedule).
+
+    python -m experiments.train --config=experiments/configs/bar_vae.py:size=small --workdir=runs/vae_small
+
+Its frozen encoder's mean vectors are the bar embeddings the global view G reads;
+experiments/train.py writes them next to the VAE checkpoint for a given dataset.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from experiments.configs import common
+
+TRAIN_BY_SIZE = {
+    "paper": dict(batch_size=256, num_steps=50_000, learning_rate=3e-4, warmup_steps=1000,
+                  log_every=100, eval_every=2000, eval_batches=8, checkpoint_every=2000),
+    "small": dict(batch_size=64, num_steps=300, learning_rate=1e-3, warmup_steps=30,
+                  log_every=25, eval_every=100, eval_batches=2, checkpoint_every=100),
+    "tiny": dict(batch_size=8, num_steps=10, learning_rate=3e-3, warmup_steps=2,
+                 log_every=5, eval_every=10, eval_batches=1, checkpoint_every=10),
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    args = common.parse_arg(arg, size="small", compute_dtype="", data="synthetic")
+    if args.size not in TRAIN_BY_SIZE:
+        raise ValueError(f"size must be one of {sorted(TRAIN_BY_SIZE)}, got {args.size!r}")
+    config = ml_collections.ConfigDict()
+    config.task = "bar_vae"
+    config.model_name = "bar_vae"
+    config.model_size = args.size
+    config.model = ml_collections.ConfigDict(dict(
+        compute_dtype=args.compute_dtype or ("bfloat16" if args.size == "paper" else "float32")))
+    config.vae_max_beta = 0.1
+    config.vae_beta_cycle_steps = max(TRAIN_BY_SIZE[args.size]["num_steps"] // 4, 1)
+    config.data = common.data_block(builder=args.data, num_songs=64 if args.size == "tiny" else 512)
+    config.train = common.train_block(**TRAIN_BY_SIZE[args.size])
+    return config

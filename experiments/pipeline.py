@@ -1,0 +1,66 @@
+"""What experiments need before training: a built dataset and the bar embeddings for G.
+
+The runtime (``sfs_jax``) never imports the offline pipeline; this module is the
+one place where experiments reach for ``data_pipeline`` to build a dataset on
+demand, so every command works on a fresh machine from the embedded synthetic
+default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import logging
+
+from data_pipeline import build as build_lib
+from sfs_jax.data import bars as bars_lib
+from sfs_jax.model import bar_vae
+from sfs_jax.music.song import Song
+from sfs_jax.training.restore import load_trained
+
+EMBEDDING_BATCH = 64
+
+
+def ensure_dataset(data: ml_collections.ConfigDict, workers: int = 1) -> Path:
+    """The dataset folder: ``data.dataset_dir`` if set, else built (or reused) from the builder config."""
+    if data.dataset_dir:
+        return Path(data.dataset_dir).expanduser()
+    folder, _ = build_lib.build(data.builder, data.data_dir, manual_dir=data.manual_dir or None,
+                                workers=workers, seed=data.build_seed, num_songs=data.num_songs)
+    return folder
+
+
+def all_songs(dataset_dir: Path) -> list[Song]:
+    sources = tfds.builder_from_directory(str(dataset_dir)).as_data_source()
+    return [Song.from_features(source[i]) for source in sources.values() for i in range(len(source))]
+
+
+def embeddings_path(vae_workdir: str | Path, dataset_dir: Path) -> Path:
+    key = hashlib.sha256(str(dataset_dir.resolve()).encode()).hexdigest()[:12]
+    return Path(vae_workdir) / "bar_embeddings" / f"{dataset_dir.parent.parent.name}-{key}.npz"
+
+
+def ensure_bar_embeddings(vae_workdir: str | Path, dataset_dir: Path) -> tuple[dict[str, np.ndarray], str]:
+    """(song id -> [n_bars, latent] embeddings, VAE fingerprint), computed once per VAE and dataset."""
+    if not vae_workdir or not Path(vae_workdir).exists():
+        raise FileNotFoundError(
+            f"the global view needs a trained bar VAE, but vae_workdir={vae_workdir!r} has none: train one "
+            "with python -m experiments.train --config=experiments/configs/bar_vae.py --workdir=DIR and pass "
+            "--config.vae_workdir=DIR (or --config.model.use_global_view=False)")
+    model, _, _ = load_trained(vae_workdir)
+    fingerprint = bar_vae.vae_fingerprint(model)
+    path = embeddings_path(vae_workdir, dataset_dir)
+    if path.exists():
+        try:
+            return bars_lib.load_bar_embeddings(path, fingerprint), fingerprint
+        except ValueError as err:
+            logging.warning("recomputing bar embeddings: %s", err)
+    embeddings = bars_lib.compute_bar_embeddings(bar_vae.make_embed_fn(model), all_songs(dataset_dir),
+                                                 model.config.max_bar_tokens, EMBEDDING_BATCH)
+    bars_lib.save_bar_embeddings(path, embeddings, fingerprint)
+    logging.info("wrote bar embeddings of %d songs to %s", len(embeddings), path)
+    return embeddings, fingerprint

@@ -1,0 +1,57 @@
+"""Load a trained model back from a workdir, for generation, evaluation and bar embeddings.
+
+The checkpoint's ``meta`` holds the experiment config, so a workdir alone is enough
+to rebuild the model; the abstract state comes from ``nnx.eval_shape`` so nothing
+is initialized just to be overwritten.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+from flax import nnx
+
+from sfs_jax.model import bar_vae
+from sfs_jax.model.sfs import SFSModel
+from sfs_jax.training.checkpoint import Checkpoints, read_meta
+from sfs_jax.training.tasks import model_config_from
+from sfs_jax.training.train import make_optimizer
+
+
+def make_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+    """The model a training config describes (SFS/Flat or the bar VAE)."""
+    model_cfg = model_config_from(config)
+    if config.task == "bar_vae":
+        return bar_vae.BarVAE(model_cfg.vae, compute_dtype=config.model.get("compute_dtype", "float32"),
+                              rngs=rngs)
+    return SFSModel(model_cfg, rngs=rngs)
+
+
+def load_trained(workdir: str | Path, best: bool = True, compute_dtype: str | None = None
+                 ) -> tuple[nnx.Module, ml_collections.ConfigDict, dict[str, Any]]:
+    """(model, config, meta) of a workdir's best (or latest) checkpoint."""
+    workdir = Path(workdir)
+    meta = read_meta(workdir, best=best)
+    config = ml_collections.ConfigDict(meta["config"])
+    if compute_dtype:
+        config.model.compute_dtype = compute_dtype
+    tx: optax.GradientTransformation = make_optimizer(config.train)[0]
+
+    def fresh() -> tuple[nnx.Module, nnx.Optimizer]:
+        model = make_model(config, nnx.Rngs(params=0))
+        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(fresh))
+    abstract_state = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if hasattr(x, "shape") else x, abstract_state)
+    checkpoints = Checkpoints(workdir)
+    try:
+        state, _, meta = checkpoints.restore(abstract_state, best=best)
+    finally:
+        checkpoints.close()
+    model, _ = nnx.merge(graphdef, state)
+    return model, config, meta

@@ -1,0 +1,125 @@
+"""Config -> ``Task``: the model, loss and loaders of SFS/Flat and of the bar VAE.
+
+Place in the data flow: [3]->[4]->[5]. Reads a built ``sfs_songs`` folder (the
+experiments' main builds it on demand) and turns an ml_collections config into the
+pieces ``train_and_evaluate`` needs, so the loop itself knows nothing of music.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import logging
+
+from sfs_jax.data import bars as bars_lib
+from sfs_jax.data import loader
+from sfs_jax.data.examples import ExampleConfig
+from sfs_jax.model import bar_vae
+from sfs_jax.model.config import ModelConfig, model_config
+from sfs_jax.model.flat import flat_config
+from sfs_jax.model.sfs import SFSModel
+from sfs_jax.training import steps
+from sfs_jax.training.train import Task
+
+EVAL_SEED = 1234
+
+
+def open_splits(dataset_dir: str | Path) -> dict[str, Any]:
+    """Random-access sources of a built dataset folder, by split name."""
+    path = Path(dataset_dir).expanduser()
+    if not (path / "dataset_info.json").exists():
+        raise FileNotFoundError(f"{path} is not a built sfs_songs dataset (no dataset_info.json); "
+                                "build one with python -m data_pipeline.build")
+    return dict(tfds.builder_from_directory(str(path)).as_data_source())
+
+
+def eval_source(splits: Mapping[str, Any]) -> Any:
+    """The validation split, or train when a tiny build has none (logged)."""
+    if "validation" in splits:
+        return splits["validation"]
+    logging.warning("dataset has no validation split; validating on train")
+    return splits["train"]
+
+
+def to_dict(value: Any) -> dict:
+    return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else dict(value)
+
+
+def model_config_from(config: ml_collections.ConfigDict) -> ModelConfig:
+    """The frozen ModelConfig of an experiment config (Flat applies its switches last)."""
+    overrides = to_dict(config.model)
+    model = model_config(config.model_size, **overrides)
+    return flat_config(model) if config.get("model_name", "sfs") == "flat" else model
+
+
+def example_config_from(config: ml_collections.ConfigDict) -> ExampleConfig:
+    fields = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in to_dict(config.examples).items()}
+    return ExampleConfig(**fields)
+
+
+def _eval_iterator(source: Any, make: Any, batch_size: int, n_batches: int):
+    """A fixed, seeded validation stream of ``n_batches`` batches (several passes if small)."""
+    epochs = max(1, math.ceil(n_batches * batch_size / max(len(source), 1)))
+    return itertools.islice(make(source, epochs), n_batches)
+
+
+def sfs_task(config: ml_collections.ConfigDict, dataset_dir: str | Path,
+             bar_embeddings: Mapping[str, np.ndarray] | None) -> Task:
+    """SFS or Flat on a built dataset; G needs the bar embeddings of every song."""
+    model_cfg = model_config_from(config)
+    if model_cfg.use_global_view and bar_embeddings is None:
+        raise ValueError("the global view G needs bar embeddings: train the bar VAE and write them "
+                         "(experiments/train.py does both), or set --config.model.use_global_view=False")
+    embeddings = bar_embeddings if model_cfg.use_global_view else None
+    examples = example_config_from(config)
+    splits = open_splits(dataset_dir)
+    batch = config.train.batch_size
+
+    def make(source, epochs, seed=EVAL_SEED, shuffle=False):
+        return loader.make_loader(source, batch_size=batch, seed=seed, example_config=examples,
+                                  num_epochs=epochs, shuffle=shuffle, bar_embeddings=embeddings)
+
+    return Task(
+        name=config.get("model_name", "sfs"),
+        make_model=lambda rngs: SFSModel(model_cfg, rngs=rngs),
+        loss_fn=steps.sfs_loss,
+        make_train_iterator=lambda seed: make(splits["train"], None, seed=seed, shuffle=True),
+        make_eval_iterator=lambda: _eval_iterator(eval_source(splits), make, batch, config.train.eval_batches),
+        config_json=config.to_dict())
+
+
+def vae_task(config: ml_collections.ConfigDict, dataset_dir: str | Path) -> Task:
+    """The bar VAE on single bars, with the cyclic KL weight of SFS.md section 3."""
+    vae_cfg = model_config_from(config).vae
+    compute_dtype = config.model.get("compute_dtype", "float32")
+    splits = open_splits(dataset_dir)
+    batch, max_tokens = config.train.batch_size, vae_cfg.max_bar_tokens
+    cycle = config.vae_beta_cycle_steps
+
+    def loss_fn(model, batch_arrays, key, step):
+        # Cyclic KL weight while training; the full weight in evaluation (step -1).
+        cyclic = bar_vae.cyclic_beta(jnp.maximum(step, 0), max_beta=config.vae_max_beta, cycle_steps=cycle)
+        beta = jnp.where(step < 0, config.vae_max_beta, cyclic)
+        return bar_vae.vae_loss(model, batch_arrays, key, beta)
+
+    def make(source, epochs, seed=EVAL_SEED):
+        return bars_lib.make_bar_loader(source, batch_size=batch, seed=seed, max_bar_tokens=max_tokens,
+                                        num_epochs=epochs)
+
+    return Task(
+        name="bar_vae",
+        make_model=lambda rngs: bar_vae.BarVAE(vae_cfg, compute_dtype=compute_dtype, rngs=rngs),
+        loss_fn=loss_fn,
+        make_train_iterator=lambda seed: make(splits["train"], None, seed=seed),
+        make_eval_iterator=lambda: _eval_iterator(eval_source(splits), make, batch, config.train.eval_batches),
+        tokens_key="type",
+        config_json=config.to_dict())
+
