@@ -20,7 +20,9 @@ from data_pipeline import build as build_lib
 from sfs_jax.data import bars as bars_lib
 from sfs_jax.model import bar_vae
 from sfs_jax.music.song import Song
+from sfs_jax.training import tasks
 from sfs_jax.training.restore import load_trained
+from sfs_jax.training.train import train_and_evaluate
 
 EMBEDDING_BATCH = 64
 
@@ -64,3 +66,18 @@ def ensure_bar_embeddings(vae_workdir: str | Path, dataset_dir: Path) -> tuple[d
     bars_lib.save_bar_embeddings(path, embeddings, fingerprint)
     logging.info("wrote bar embeddings of %d songs to %s", len(embeddings), path)
     return embeddings, fingerprint
+
+
+def run(config, workdir: str, workers: int = 2) -> dict:
+    """Dataset -> (embeddings) -> task -> training; returns the final summaries."""
+    dataset_dir = ensure_dataset(config.data, workers)
+    if config.task == "bar_vae":
+        task = tasks.vae_task(config, dataset_dir)
+    else:
+        embeddings = None
+        if tasks.model_config_from(config).use_global_view:
+            embeddings, fingerprint = ensure_bar_embeddings(config.vae_workdir, dataset_dir)
+            config.vae_fingerprint = fingerprint
+        config.data.dataset_dir = str(dataset_dir)
+        task = tasks.sfs_task(config, dataset_dir, embeddings)
+    return train_and_evaluate(task, config, workdir)

@@ -16,8 +16,6 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import pipeline
-from sfs_jax.training import tasks
-from sfs_jax.training.train import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/sfs.py", "Training config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard and metrics go here.", required=True)
@@ -25,26 +23,11 @@ _WORKERS = flags.DEFINE_integer("workers", 2, "Processes for a dataset build, if
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (multi-host runs).")
 
 
-def run(config, workdir: str, workers: int = 2) -> dict:
-    """Dataset -> (embeddings) -> task -> training; returns the final summaries."""
-    dataset_dir = pipeline.ensure_dataset(config.data, workers)
-    if config.task == "bar_vae":
-        task = tasks.vae_task(config, dataset_dir)
-    else:
-        embeddings = None
-        if tasks.model_config_from(config).use_global_view:
-            embeddings, fingerprint = pipeline.ensure_bar_embeddings(config.vae_workdir, dataset_dir)
-            config.vae_fingerprint = fingerprint
-        config.data.dataset_dir = str(dataset_dir)
-        task = tasks.sfs_task(config, dataset_dir, embeddings)
-    return train_and_evaluate(task, config, workdir)
-
-
 def main(argv: list[str]) -> None:
     del argv
     if _MULTIHOST.value:
         jax.distributed.initialize()
-    run(_CONFIG.value, _WORKDIR.value, _WORKERS.value)
+    pipeline.run(_CONFIG.value, _WORKDIR.value, _WORKERS.value)
 
 
 if __name__ == "__main__":

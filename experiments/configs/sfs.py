@@ -19,15 +19,16 @@ from experiments.configs import common
 TRAIN_BY_SIZE = {
     "paper": dict(batch_size=32, num_steps=100_000, learning_rate=3e-4, warmup_steps=2000,
                   log_every=100, eval_every=2000, eval_batches=16, checkpoint_every=2000),
-    "small": dict(batch_size=8, num_steps=600, learning_rate=1e-3, warmup_steps=50,
-                  log_every=20, eval_every=200, eval_batches=4, checkpoint_every=200),
+    "small": dict(batch_size=8, num_steps=400, learning_rate=1e-3, warmup_steps=40,
+                  log_every=20, eval_every=100, eval_batches=4, checkpoint_every=100),
     "tiny": dict(batch_size=4, num_steps=20, learning_rate=3e-3, warmup_steps=2,
                  log_every=5, eval_every=10, eval_batches=1, checkpoint_every=10),
 }
 EXAMPLES_BY_SIZE = {
     "paper": dict(),
-    "small": dict(target_buckets=(384, 512, 768, 1024), context_buckets=(128, 256, 512, 768),
-                  previous_token_budget=768),
+    # 4-bar windows and contexts keep a CPU step well under a second (paper: 8 bars).
+    "small": dict(window_bars=4, context_bars=4, target_buckets=(256, 384, 512),
+                  context_buckets=(128, 256, 512), previous_token_budget=512),
     "tiny": dict(window_bars=2, context_bars=2, target_buckets=(96, 128, 192, 256),
                  context_buckets=(32, 64, 128, 256), previous_token_budget=256),
 }

@@ -1,6 +1,7 @@
 """The one attention function, its masks and rotary positions in song frames.
 
-Letters: B batch, T query tokens, S key tokens, H heads, K head dim, D model width.
+Letters: B batch, T query tokens, S key tokens, H heads, K head dim, D model width,
+L cache length (the sampler's token budget).
 
 Place in the data flow: [5] every attention in the model (context encoder, decoder
 self- and cross-attention, the bar transformer G, the bar VAE) goes through
@@ -18,7 +19,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 NEG_INF = -1e30
 
@@ -61,6 +62,35 @@ def causal_mask(length: int) -> jax.Array:
 def padding_mask(query_valid_BxT: jax.Array, key_valid_BxS: jax.Array) -> jax.Array:
     """BxTxS: both query and key are real tokens."""
     return query_valid_BxT[:, :, None] & key_valid_BxS[:, None, :]
+
+
+@struct.dataclass
+class KVCache:
+    """One self-attention layer's keys/values of the tokens decoded so far (SFS.md section 4).
+
+    Preallocated to the window's token budget L so the sampler's loop has static
+    shapes; token t writes slot t and attends to slots <= t. The original SFS has no
+    cache and re-runs the decoder over the whole prefix for every token.
+    """
+
+    k_BxLxHxK: jax.Array
+    v_BxLxHxK: jax.Array
+
+    @classmethod
+    def zeros(cls, batch_size: int, max_tokens: int, n_heads: int, head_dim: int, dtype: jnp.dtype) -> KVCache:
+        shape = (batch_size, max_tokens, n_heads, head_dim)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+    def write(self, t: jax.Array, k_Bx1xHxK: jax.Array, v_Bx1xHxK: jax.Array) -> KVCache:
+        """The cache with token t's key/value in slot t (all rows decode token t together)."""
+        index = (0, t, 0, 0)
+        return KVCache(jax.lax.dynamic_update_slice(self.k_BxLxHxK, k_Bx1xHxK.astype(self.k_BxLxHxK.dtype), index),
+                       jax.lax.dynamic_update_slice(self.v_BxLxHxK, v_Bx1xHxK.astype(self.v_BxLxHxK.dtype), index))
+
+    def visible_mask(self, t: jax.Array) -> jax.Array:
+        """Bx1xL: the query at token t sees slots 0..t, as ``causal_mask`` row t does."""
+        batch_size, max_tokens = self.k_BxLxHxK.shape[:2]
+        return jnp.broadcast_to(jnp.arange(max_tokens) <= t, (batch_size, 1, max_tokens))
 
 
 def _reference_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS) -> jax.Array:

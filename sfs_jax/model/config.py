@@ -65,10 +65,11 @@ class ModelConfig:
 
 PRESETS: Mapping[str, dict[str, Any]] = {
     "paper": {},
-    "small": dict(d_model=192, n_heads=4, d_ff=768, n_encoder_layers=2, n_decoder_layers=4,
-                  n_global_layers=2, global_mlp_dim=192,
-                  vae=BarVAEConfig(d_model=128, n_heads=4, d_ff=512, n_encoder_layers=2,
-                                   n_decoder_layers=2, latent_dim=64)),
+    # Sized for a CPU run that learns in minutes (with 4-bar windows, experiments/configs/sfs.py).
+    "small": dict(d_model=128, n_heads=4, d_ff=512, n_encoder_layers=1, n_decoder_layers=3,
+                  n_global_layers=1, global_mlp_dim=128,
+                  vae=BarVAEConfig(d_model=96, n_heads=4, d_ff=384, n_encoder_layers=1,
+                                   n_decoder_layers=2, latent_dim=32)),
     "tiny": dict(d_model=32, n_heads=2, d_ff=64, n_encoder_layers=1, n_decoder_layers=2,
                  n_global_layers=1, global_mlp_dim=32,
                  vae=BarVAEConfig(d_model=32, n_heads=2, d_ff=64, n_encoder_layers=1,

@@ -1,6 +1,6 @@
 """The causal decoder over target tokens and its factorized heads (SFS.md section 3).
 
-Letters: B batch, T target tokens, S context tokens, D model width.
+Letters: B batch, T target tokens, S context tokens, G bars, D model width.
 
 Input token i is target token i-1 (a START vector for i = 0), placed at its own
 song frame, so neither the rotary position nor the G vector of token i-1 leaks
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sfs_jax.model import layers
-from sfs_jax.model.attention import FastPath, causal_mask
+from sfs_jax.model.attention import FastPath, KVCache, causal_mask
 from sfs_jax.model.config import ModelConfig
 from sfs_jax.model.embeddings import START_TYPE, PositionCode, TokenEmbedding, pitch_index
 from sfs_jax.model.global_view import gather_bars
@@ -26,12 +26,17 @@ from sfs_jax.music.tokenizer import NUM_DURATIONS, NUM_TOKEN_TYPES, TokenType
 TARGET_FIELDS = ("type", "pitch", "velocity", "duration", "song_frame", "bar")
 
 
+def start_inputs(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """The decoder's first input per row (fields ``TARGET_FIELDS``, shape B): START at the window start."""
+    start_frame = batch["window_start_bar"] * notes_lib.FRAMES_PER_BAR
+    return {"type": jnp.full_like(start_frame, START_TYPE), "pitch": jnp.zeros_like(start_frame),
+            "velocity": jnp.zeros_like(start_frame), "duration": jnp.zeros_like(start_frame),
+            "song_frame": start_frame, "bar": batch["window_start_bar"]}
+
+
 def shift_right(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """Decoder inputs: target fields moved one step right, START in front."""
-    start_frame = batch["window_start_bar"] * notes_lib.FRAMES_PER_BAR
-    first = {"type": jnp.full_like(start_frame, START_TYPE), "pitch": jnp.zeros_like(start_frame),
-             "velocity": jnp.zeros_like(start_frame), "duration": jnp.zeros_like(start_frame),
-             "song_frame": start_frame, "bar": batch["window_start_bar"]}
+    first = start_inputs(batch)
     return {name: jnp.concatenate([first[name][:, None], batch[f"target_{name}"][:, :-1]], axis=1)
             for name in TARGET_FIELDS}
 
@@ -90,26 +95,69 @@ class Decoder(nnx.Module):
             return None
         return self.condition(gather_bars(per_bar_BxGxD, bar_BxT)).astype(jnp.float32)
 
+    def input_condition(self, per_bar_BxGxD: jax.Array | None, inputs: dict[str, jax.Array],
+                        batch: dict[str, jax.Array]) -> jax.Array | None:
+        """G vector of each input token's own bar; G covers bars [global_start_bar, global_start_bar + G)."""
+        return self.bar_condition(per_bar_BxGxD, inputs["bar"] - batch["global_start_bar"][:, None])
+
+    def context_keys_values(self, context_BxSxD: jax.Array | None, batch: dict[str, jax.Array]) -> tuple:
+        """Per block, the cross-attention (keys, values) of the encoded contexts (None without).
+
+        The sampler computes these once per segment (SFS.md section 4) and reuses them for every token.
+        """
+        if context_BxSxD is None:
+            return (None,) * len(self.blocks)
+        context = context_BxSxD.astype(jnp.dtype(self.config.compute_dtype))
+        return tuple(None if block.cross_attention is None
+                     else block.cross_attention.keys_values(context, batch["context_song_frame"])
+                     for block in self.blocks)
+
+    @staticmethod
+    def cross_mask(batch: dict[str, jax.Array], visible_slots: tuple[int, ...],
+                   query_valid_BxT: jax.Array) -> jax.Array:
+        """BxTxS: real queries see the context tokens of the slots this model may use."""
+        slot_visible = jnp.isin(batch["context_slot"], jnp.asarray(visible_slots, jnp.int32))
+        return query_valid_BxT[:, :, None] & slot_visible[:, None, :]
+
     def __call__(self, batch: dict[str, jax.Array], context_BxSxD: jax.Array | None,
                  per_bar_BxGxD: jax.Array | None, visible_slots: tuple[int, ...]) -> jax.Array:
         """Final hidden states BxTxD for every target position (teacher forcing)."""
         inputs = shift_right(batch)
         valid_BxT = batch["target_type"] != int(TokenType.PAD)
         x = self.embed_inputs(inputs, batch)
-        # G covers bars [global_start_bar, global_start_bar + G) of the song.
-        condition = self.bar_condition(per_bar_BxGxD, inputs["bar"] - batch["global_start_bar"][:, None])
+        condition = self.input_condition(per_bar_BxGxD, inputs, batch)
         n_tokens = x.shape[1]
         self_mask = causal_mask(n_tokens)[None] & valid_BxT[:, :, None] & valid_BxT[:, None, :]
         lengths = jnp.sum(valid_BxT, axis=1)
         fast = FastPath(is_causal=True, query_lengths_B=lengths, key_lengths_B=lengths)
-        context_kv, cross_mask = None, None
-        if context_BxSxD is not None:
-            slot_visible = jnp.isin(batch["context_slot"], jnp.asarray(visible_slots, jnp.int32))
-            cross_mask = valid_BxT[:, :, None] & slot_visible[:, None, :]
-        for block in self.blocks:
-            if context_BxSxD is not None and block.cross_attention is not None:
-                context_kv = block.cross_attention.keys_values(
-                    context_BxSxD.astype(jnp.dtype(self.config.compute_dtype)), batch["context_song_frame"])
+        cross_mask = None if context_BxSxD is None else self.cross_mask(batch, visible_slots, valid_BxT)
+        for block, context_kv in zip(self.blocks, self.context_keys_values(context_BxSxD, batch), strict=True):
             x = block(x, inputs["song_frame"], self_mask, condition_BxTxD=condition, context_kv=context_kv,
                       cross_mask_BxTxS=cross_mask, fast_path=fast)
         return self.norm(x)
+
+    def init_cache(self, batch_size: int, max_tokens: int) -> tuple[KVCache, ...]:
+        """An empty self-attention cache per block for ``step``, L = max_tokens slots."""
+        config = self.config
+        return tuple(KVCache.zeros(batch_size, max_tokens, config.n_heads, config.head_dim,
+                                   jnp.dtype(config.compute_dtype)) for _ in self.blocks)
+
+    def step(self, inputs_Bx1: dict[str, jax.Array], batch: dict[str, jax.Array], cache: tuple[KVCache, ...],
+             t: jax.Array, context_kv: tuple, cross_mask_Bx1xS: jax.Array | None,
+             per_bar_BxGxD: jax.Array | None) -> tuple[jax.Array, tuple[KVCache, ...]]:
+        """Hidden state Bx1xD of token t of every row, given input token t (``TARGET_FIELDS``, Bx1).
+
+        Input t is target token t-1 (``start_inputs`` for t = 0), embedded, placed and
+        G-conditioned exactly as ``__call__`` does, so the result equals row t of the
+        teacher-forced pass. ``batch`` supplies the per-row scalars only; ``context_kv``
+        and ``cross_mask_Bx1xS`` come from ``context_keys_values`` / ``cross_mask``.
+        """
+        x = self.embed_inputs(inputs_Bx1, batch)
+        condition = self.input_condition(per_bar_BxGxD, inputs_Bx1, batch)
+        new_cache = []
+        for block, layer_cache, layer_kv in zip(self.blocks, cache, context_kv, strict=True):
+            x, layer_cache = block.decode_step(x, inputs_Bx1["song_frame"], layer_cache, t,
+                                               condition_Bx1xD=condition, context_kv=layer_kv,
+                                               cross_mask_Bx1xS=cross_mask_Bx1xS)
+            new_cache.append(layer_cache)
+        return self.norm(x), tuple(new_cache)

@@ -1,6 +1,6 @@
 """Pre-norm transformer blocks shared by the encoder, decoder, G and the bar VAE.
 
-Letters: B batch, T tokens, S context tokens, D model width.
+Letters: B batch, T tokens, S context tokens, D model width (L, H, K: see attention.KVCache).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sfs_jax.model.attention import FastPath, MultiHeadAttention
+from sfs_jax.model.attention import FastPath, KVCache, MultiHeadAttention
 
 
 class MLP(nnx.Module):
@@ -63,13 +63,37 @@ class Block(nnx.Module):
     def feed_forward(self, x_BxTxD, condition_BxTxD=None):
         return x_BxTxD + self.mlp(self._input(self.mlp_norm, x_BxTxD, condition_BxTxD))
 
+    def cached_self_attend(self, x_Bx1xD: jax.Array, position_Bx1: jax.Array, cache: KVCache, t: jax.Array,
+                           condition_Bx1xD: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+        """``self_attend`` for token t alone: its key/value go into the cache, its query reads slots <= t."""
+        h = self._input(self.self_norm, x_Bx1xD, condition_Bx1xD)
+        cache = cache.write(t, *self.self_attention.keys_values(h, position_Bx1))
+        q = self.self_attention.queries(h, position_Bx1)
+        out = self.self_attention.attend_to(q, cache.k_BxLxHxK, cache.v_BxLxHxK, cache.visible_mask(t))
+        return x_Bx1xD + out, cache
+
+    def _cross_and_feed_forward(self, x_BxTxD, positions_BxT, condition_BxTxD, context_kv, cross_mask_BxTxS):
+        """The sublayers after self-attention, shared by the full pass and the cached step."""
+        if self.cross_attention is not None and context_kv is not None:
+            x_BxTxD = self.cross_attend(x_BxTxD, positions_BxT, *context_kv, cross_mask_BxTxS, condition_BxTxD)
+        return self.feed_forward(x_BxTxD, condition_BxTxD).astype(jnp.float32)
+
     def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask_BxTxT: jax.Array, *,
                  condition_BxTxD: jax.Array | None = None, context_kv: tuple | None = None,
                  cross_mask_BxTxS: jax.Array | None = None, fast_path: FastPath | None = None) -> jax.Array:
         x = self.self_attend(x_BxTxD, positions_BxT, mask_BxTxT, condition_BxTxD, fast_path)
-        if self.cross_attention is not None and context_kv is not None:
-            x = self.cross_attend(x, positions_BxT, *context_kv, cross_mask_BxTxS, condition_BxTxD)
-        return self.feed_forward(x, condition_BxTxD).astype(jnp.float32)
+        return self._cross_and_feed_forward(x, positions_BxT, condition_BxTxD, context_kv, cross_mask_BxTxS)
+
+    def decode_step(self, x_Bx1xD: jax.Array, position_Bx1: jax.Array, cache: KVCache, t: jax.Array, *,
+                    condition_Bx1xD: jax.Array | None = None, context_kv: tuple | None = None,
+                    cross_mask_Bx1xS: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+        """``__call__`` for the single token t of every row, with its self-attention cache.
+
+        ``context_kv`` is this layer's cross-attention (keys, values) of the encoded
+        contexts, computed once per segment (SFS.md section 4: contexts are encoded once).
+        """
+        x, cache = self.cached_self_attend(x_Bx1xD, position_Bx1, cache, t, condition_Bx1xD)
+        return self._cross_and_feed_forward(x, position_Bx1, condition_Bx1xD, context_kv, cross_mask_Bx1xS), cache
 
 
 def stack(n_layers: int, make_block) -> nnx.List:

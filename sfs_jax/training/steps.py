@@ -101,7 +101,8 @@ def split_micro_batches(batch: dict[str, jax.Array], n_micro: int) -> dict[str, 
 
 
 def train_step(graphdef: nnx.GraphDef, state: nnx.State, batch: dict[str, jax.Array], key: jax.Array,
-               step: jax.Array, *, loss_fn: LossFn, grad_accum_steps: int = 1) -> tuple[nnx.State, dict[str, jax.Array]]:
+               step: jax.Array, *, loss_fn: LossFn, grad_accum_steps: int = 1
+               ) -> tuple[nnx.State, dict[str, jax.Array]]:
     """One optimizer update, averaging gradients over ``grad_accum_steps`` micro-batches."""
     model, optimizer = nnx.merge(graphdef, state)
     model_def, params, others = nnx.split(model, nnx.Param, ...)

@@ -1,0 +1,49 @@
+"""Context-selection ablations as config overrides (big_vision ``sweep(add)`` style).
+
+Every variant trains the same base config (``experiments/configs/sfs.py``) for the
+same budget on the same examples; only what the target may see changes, through
+``model.context_slots`` (the attention mask), ``model.use_global_view``, or, for
+``all_previous``, the example builder's ``context_mode``. ``flat`` is the paper's
+baseline.
+
+    python -m experiments.ablate --sweep=context --config=experiments/configs/sfs.py:size=small \
+        --workdir=runs/ablate
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+SFS_SLOTS = ("left", "right", "seed", "ref")
+AddFn = Callable[..., None]
+
+
+def _slots_name(slots: tuple[str, ...]) -> str:
+    return "+".join(slots) if slots else "none"
+
+
+def context(add: AddFn) -> None:
+    """The compact sweep: full SFS, each context left out, none, no G, all_previous, Flat."""
+    add("sfs", **{"model.context_slots": SFS_SLOTS})
+    for dropped in SFS_SLOTS:
+        kept = tuple(s for s in SFS_SLOTS if s != dropped)
+        add(f"no_{dropped}", **{"model.context_slots": kept})
+    add("no_contexts", **{"model.context_slots": ()})
+    add("sfs_no_G", **{"model.context_slots": SFS_SLOTS, "model.use_global_view": False})
+    add("all_previous", **{"model.context_slots": ("previous",), "examples.context_mode": "all_previous"})
+    add("flat", **{"model_name": "flat"})
+
+
+def context_full(add: AddFn) -> None:
+    """Every subset of {Left, Right, Seed, Ref}, with G on and off (32 runs), plus all_previous and Flat."""
+    for size in range(len(SFS_SLOTS) + 1):
+        for slots in itertools.combinations(SFS_SLOTS, size):
+            for use_g in (True, False):
+                add(f"{_slots_name(slots)}{'' if use_g else '_noG'}",
+                    **{"model.context_slots": slots, "model.use_global_view": use_g})
+    add("all_previous", **{"model.context_slots": ("previous",), "examples.context_mode": "all_previous"})
+    add("flat", **{"model_name": "flat"})
+
+
+SWEEPS: dict[str, Callable[[AddFn], None]] = {"context": context, "context_full": context_full}

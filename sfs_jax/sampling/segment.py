@@ -1,0 +1,520 @@
+"""Sampling target windows with a KV cache, in one jitted loop (SFS.md section 4).
+
+Letters: B batch (independent windows), T token budget (the cache length), S context
+tokens, G bars, D model width, V classes of one head.
+
+Place in the data flow: [6] between the model [5] and the notes [7]. A caller (the
+composer, a server) builds a batch in the loader's format for the windows to fill:
+contexts, bar fields and scalars condition each window; the ``target_*`` fields are
+read only for an optional teacher-forced prefix. ``SegmentSampler.start`` encodes
+the contexts and the global view G once and computes every decoder layer's
+cross-attention keys/values once; ``sample_chunk`` then advances all rows token by
+token inside one ``lax.while_loop`` (no host round trip per token), writing each
+token's self-attention keys/values into a preallocated cache.
+
+Why: the original SFS re-runs the whole decoder over the prefix for every token and
+samples in a Python loop with host syncs, which is what limits it to 2.03 beats/s
+(SFS.md sections 4 and 6). ``sample_window_no_cache`` keeps that method, with the
+same masks and sampling, as the benchmark's baseline.
+
+The grammar (SFS.md sections 2 and 4; ``tokenizer``'s target form) is enforced by
+logit masks, so every window decodes: the first token is a FRAME; a NOTE follows a
+FRAME or a NOTE and only if a pitch above the frame's previous pitch exists; pitches
+rise strictly within a frame; FRAMEs stop at ``n_frames`` and END comes only after
+the last frame (whose notes, like in training, come between its FRAME and END); a
+NOTE is refused when the rest of the budget is needed for the remaining FRAMEs and
+END, so every window ends within the budget T.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from sfs_jax.data import examples as examples_lib
+from sfs_jax.model.attention import KVCache
+from sfs_jax.model.decoder import TARGET_FIELDS, start_inputs
+from sfs_jax.music import tokenizer
+from sfs_jax.music.notes import FRAMES_PER_BAR, FRAMES_PER_BEAT, MAX_PITCH, MIN_PITCH, NUM_PITCHES, ONSET
+from sfs_jax.music.tokenizer import DUR, FRAME, PITCH, TYPE, VEL, TokenType
+
+HEADS = ("type", "pitch", "velocity", "duration")
+_PAD, _FRAME, _NOTE, _END = (int(t) for t in TokenType)
+_NO_PITCH = MIN_PITCH - 1  # "last pitch" of a frame with no note yet: every pitch is above it
+# Batch keys the sampler reads: what conditions a window, and the target fields of a prefix.
+_WINDOW_KEYS = ("window_start_bar", "segment_start_frame", "segment_end_frame", "song_n_frames",
+                "global_start_bar", "context_slot", "context_song_frame")
+_INPUT_KEYS = (*examples_lib.CONTEXT_KEYS, "bar_embedding", "bar_known", "bar_valid",
+               *(k for k in examples_lib.SCALAR_KEYS if k != "n_beats"),
+               "target_type", "target_pitch", "target_velocity", "target_duration")
+
+
+# ---------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadSampling:
+    """How one head draws: temperature (0 = argmax), top_k (0 = off), nucleus top_p (1 = off)."""
+
+    temperature: float = 1.0
+    top_p: float = 0.975
+    top_k: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """Sampling knobs shared by the four heads, with optional per-head overrides.
+
+    SFS.md section 4 samples every head with nucleus p = 0.975 (the paper's evaluation
+    used 1.0). ``max_tokens`` is the token budget T of a window (the cache length);
+    None uses the batch's target length (its bucket). Hashable: a static jit argument.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 0.975
+    top_k: int = 0
+    max_tokens: int | None = None
+    type_head: HeadSampling | None = None
+    pitch_head: HeadSampling | None = None
+    velocity_head: HeadSampling | None = None
+    duration_head: HeadSampling | None = None
+
+    def __post_init__(self) -> None:
+        HeadSampling(self.temperature, self.top_p, self.top_k)  # validates the shared knobs
+        if self.max_tokens is not None and self.max_tokens < 2:
+            raise ValueError(f"max_tokens must be >= 2 (a FRAME and END), got {self.max_tokens}")
+
+    def head(self, name: str) -> HeadSampling:
+        """The knobs of head ``name`` (one of ``HEADS``)."""
+        if name not in HEADS:
+            raise ValueError(f"unknown head {name!r}; choose from {HEADS}")
+        override = getattr(self, f"{name}_head")
+        return override if override is not None else HeadSampling(self.temperature, self.top_p, self.top_k)
+
+
+# ---------------------------------------------------------------------------
+# State
+# ---------------------------------------------------------------------------
+
+
+@struct.dataclass
+class Window:
+    """What conditions the windows, computed once by ``start`` (SFS.md section 4).
+
+    ``batch`` holds the per-row scalars and context positions the decoder reads;
+    ``context_kv`` one cross-attention (keys, values) per decoder layer (None
+    entries for the no-cache sampler, which recomputes them like the original).
+    """
+
+    batch: dict[str, jax.Array]
+    context_BxSxD: jax.Array | None
+    context_kv: tuple
+    cross_mask_Bx1xS: jax.Array | None
+    per_bar_BxGxD: jax.Array | None
+    n_frames_B: jax.Array
+    prefix_len_B: jax.Array
+
+
+@struct.dataclass
+class SamplerState:
+    """The loop carry: token t = ``step`` is decoded next for every row.
+
+    ``tokens_BxTx5`` columns are ``tokenizer.TOKEN_FIELDS`` (frame relative to the
+    window start); finished rows hold PAD after their END. ``logprob_BxT`` is each
+    token's log-probability under the untempered, unmasked model (summed over the
+    heads it uses), so a forced sequence scores like the teacher-forced loss.
+    """
+
+    step: jax.Array
+    tokens_BxTx5: jax.Array
+    logprob_BxT: jax.Array
+    frames_emitted_B: jax.Array
+    last_pitch_B: jax.Array
+    done_B: jax.Array
+    key: jax.Array
+    cache: tuple[KVCache, ...]
+    window: Window
+
+    @property
+    def max_tokens(self) -> int:
+        return self.tokens_BxTx5.shape[1]
+
+
+# ---------------------------------------------------------------------------
+# Drawing from one head
+# ---------------------------------------------------------------------------
+
+
+def _keep_top_k(logits_BxV: jax.Array, k: int) -> jax.Array:
+    kth_Bx1 = jax.lax.top_k(logits_BxV, min(k, logits_BxV.shape[-1]))[0][..., -1:]
+    return jnp.where(logits_BxV >= kth_Bx1, logits_BxV, -jnp.inf)
+
+
+def _keep_top_p(logits_BxV: jax.Array, top_p: float) -> jax.Array:
+    """The smallest set of most likely classes whose mass reaches top_p (the top one always stays)."""
+    sorted_BxV = jnp.flip(jnp.sort(logits_BxV, axis=-1), axis=-1)
+    probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+    mass_before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
+    threshold_Bx1 = jnp.min(jnp.where(mass_before_BxV < top_p, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits_BxV >= threshold_Bx1, logits_BxV, -jnp.inf)
+
+
+def sample_logits(key: jax.Array, logits_BxV: jax.Array, allowed_BxV: jax.Array | None,
+                  head: HeadSampling) -> jax.Array:
+    """One class per row: grammar mask first, then temperature, top-k, top-p (SFS.md section 4).
+
+    A row with no allowed class falls back to all classes (only rows whose draw is
+    discarded, e.g. the pitch of a FRAME token, can have one).
+    """
+    logits_BxV = logits_BxV.astype(jnp.float32)
+    if allowed_BxV is not None:
+        allowed_BxV = allowed_BxV | ~jnp.any(allowed_BxV, axis=-1, keepdims=True)
+        logits_BxV = jnp.where(allowed_BxV, logits_BxV, -jnp.inf)
+    if head.greedy:
+        return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    logits_BxV = logits_BxV / head.temperature
+    if head.top_k > 0:
+        logits_BxV = _keep_top_k(logits_BxV, head.top_k)
+    if head.top_p < 1:
+        logits_BxV = _keep_top_p(logits_BxV, head.top_p)
+    return jax.random.categorical(key, logits_BxV, axis=-1).astype(jnp.int32)
+
+
+def _log_prob(logits_BxV: jax.Array, label_B: jax.Array) -> jax.Array:
+    log_probs_BxV = jax.nn.log_softmax(logits_BxV.astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(log_probs_BxV, label_B[:, None], axis=-1)[:, 0]
+
+
+# ---------------------------------------------------------------------------
+# Grammar masks (SFS.md section 4)
+# ---------------------------------------------------------------------------
+
+
+def type_mask(state: SamplerState) -> jax.Array:
+    """Bx4 allowed token types at token t = ``state.step``, indexed by TokenType.
+
+    FRAME while frames remain (so the first token is a FRAME); END only once all
+    n_frames FRAMEs are out; NOTE only inside a frame, below the top pitch, and when
+    after it the budget still holds the remaining FRAMEs and END.
+    """
+    remaining_frames_B = state.window.n_frames_B - state.frames_emitted_B
+    tokens_left_after_note = state.max_tokens - state.step - 1
+    allowed = {
+        _PAD: jnp.zeros_like(state.done_B),
+        _FRAME: remaining_frames_B > 0,
+        _NOTE: ((state.frames_emitted_B > 0) & (state.last_pitch_B < MAX_PITCH)
+                & (tokens_left_after_note >= remaining_frames_B + 1)),
+        _END: remaining_frames_B <= 0,
+    }
+    return jnp.stack([allowed[int(t)] for t in TokenType], axis=-1)
+
+
+def pitch_mask(last_pitch_B: jax.Array) -> jax.Array:
+    """Bx88: pitches strictly above the previous pitch of the frame (SFS.md section 2)."""
+    return (MIN_PITCH + jnp.arange(NUM_PITCHES))[None, :] > last_pitch_B[:, None]
+
+
+# ---------------------------------------------------------------------------
+# One token
+# ---------------------------------------------------------------------------
+
+
+def _window_positions(frame_BxT: jax.Array, window: Window) -> tuple[jax.Array, jax.Array]:
+    """Song frame and bar of window-relative frames, as ``examples._target_tokens`` sets them.
+
+    END sits one frame past the window and belongs to its last bar, hence the clip.
+    """
+    start_bar_B = window.batch["window_start_bar"]
+    song_frame_BxT = start_bar_B[:, None] * FRAMES_PER_BAR + frame_BxT
+    end_bar_B = start_bar_B + (window.n_frames_B + FRAMES_PER_BAR - 1) // FRAMES_PER_BAR
+    return song_frame_BxT, jnp.minimum(song_frame_BxT // FRAMES_PER_BAR, end_bar_B[:, None] - 1)
+
+
+def _target_fields(tokens_BxTx5: jax.Array, window: Window) -> dict[str, jax.Array]:
+    """The tokens as the decoder's target fields (``TARGET_FIELDS``, BxT)."""
+    song_frame, bar = _window_positions(tokens_BxTx5[..., FRAME], window)
+    return {"type": tokens_BxTx5[..., TYPE], "pitch": tokens_BxTx5[..., PITCH],
+            "velocity": tokens_BxTx5[..., VEL], "duration": tokens_BxTx5[..., DUR],
+            "song_frame": song_frame, "bar": bar}
+
+
+def step_inputs(state: SamplerState) -> dict[str, jax.Array]:
+    """Decoder input of token t (Bx1): token t-1, or START at t = 0, exactly as ``shift_right``."""
+    t = state.step
+    previous_Bx1x5 = jax.lax.dynamic_slice_in_dim(state.tokens_BxTx5, jnp.maximum(t - 1, 0), 1, axis=1)
+    previous = _target_fields(previous_Bx1x5, state.window)
+    start = start_inputs(state.window.batch)
+    return {name: jnp.where(t == 0, start[name][:, None], previous[name]) for name in TARGET_FIELDS}
+
+
+def _choose(key: jax.Array, logits_BxV: jax.Array, allowed_BxV: jax.Array | None, head: HeadSampling,
+            forced_B: jax.Array, given_B: jax.Array, offset: int = 0) -> tuple[jax.Array, jax.Array]:
+    """The forced value or a draw (class + offset), and its untempered log-probability."""
+    value_B = jnp.where(forced_B, given_B, sample_logits(key, logits_BxV, allowed_BxV, head) + offset)
+    return value_B, _log_prob(logits_BxV, jnp.clip(value_B - offset, 0, logits_BxV.shape[-1] - 1))
+
+
+def choose_token(heads: nnx.Module, h_BxD: jax.Array, state: SamplerState,
+                 config: SamplingConfig) -> tuple[jax.Array, jax.Array]:
+    """Token t of every row (Bx5, frame column still 0) and its log-probability.
+
+    Type, then pitch, then velocity given the pitch, then duration given both
+    (SFS.md section 3), each with its own key from the step folded into the key.
+    Prefix rows take their given values, and the later heads are conditioned on
+    them, so a forced token costs the same and scores like teacher forcing.
+    """
+    t = state.step
+    keys = jax.random.split(jax.random.fold_in(state.key, t), len(HEADS))
+    forced_B = (t < state.window.prefix_len_B) & ~state.done_B
+    given_Bx5 = jax.lax.dynamic_index_in_dim(state.tokens_BxTx5, t, axis=1, keepdims=False)
+    token_type, type_lp = _choose(keys[0], heads.type_logits(h_BxD), type_mask(state), config.head("type"),
+                                  forced_B, given_Bx5[:, TYPE])
+    pitch, pitch_lp = _choose(keys[1], heads.pitch_logits(h_BxD), pitch_mask(state.last_pitch_B),
+                              config.head("pitch"), forced_B, given_Bx5[:, PITCH], offset=MIN_PITCH)
+    velocity, velocity_lp = _choose(keys[2], heads.velocity_logits(h_BxD, pitch), None,
+                                    config.head("velocity"), forced_B, given_Bx5[:, VEL])
+    duration, duration_lp = _choose(keys[3], heads.duration_logits(h_BxD, pitch, velocity), None,
+                                    config.head("duration"), forced_B, given_Bx5[:, DUR])
+    token_type = jnp.where(state.done_B, _PAD, token_type)
+    is_note = token_type == _NOTE
+    token_Bx5 = jnp.stack([token_type, pitch, velocity, duration, jnp.zeros_like(pitch)], axis=-1)
+    token_Bx5 = jnp.where(is_note[:, None] | (jnp.arange(5) == TYPE), token_Bx5, 0)
+    logprob_B = type_lp + jnp.where(is_note, pitch_lp + velocity_lp + duration_lp, 0.0)
+    return token_Bx5.astype(jnp.int32), jnp.where(state.done_B, 0.0, logprob_B)
+
+
+def advance(state: SamplerState, token_Bx5: jax.Array, logprob_B: jax.Array,
+            cache: tuple[KVCache, ...]) -> SamplerState:
+    """Writes token t (with its frame, recounted like ``tokenizer.frames_from_types``) and moves on."""
+    token_type = token_Bx5[:, TYPE]
+    is_frame, is_note, is_end = token_type == _FRAME, token_type == _NOTE, token_type == _END
+    frame_B = jnp.where(is_frame, state.frames_emitted_B,
+                        jnp.where(is_note, state.frames_emitted_B - 1,
+                                  jnp.where(is_end, state.window.n_frames_B, 0)))
+    token_Bx5 = token_Bx5.at[:, FRAME].set(frame_B)
+    t = state.step
+    return state.replace(
+        step=t + 1,
+        tokens_BxTx5=jax.lax.dynamic_update_slice(state.tokens_BxTx5, token_Bx5[:, None, :], (0, t, 0)),
+        logprob_BxT=jax.lax.dynamic_update_slice(state.logprob_BxT, logprob_B[:, None], (0, t)),
+        frames_emitted_B=state.frames_emitted_B + is_frame,
+        last_pitch_B=jnp.where(is_frame, _NO_PITCH, jnp.where(is_note, token_Bx5[:, PITCH], state.last_pitch_B)),
+        done_B=state.done_B | is_end | (t + 1 >= state.max_tokens),
+        cache=cache,
+    )
+
+
+def _cached_token(model: nnx.Module, config: SamplingConfig, state: SamplerState) -> SamplerState:
+    """Token t through ``Decoder.step`` on the cache."""
+    window = state.window
+    h_Bx1xD, cache = model.decoder.step(step_inputs(state), window.batch, state.cache, state.step,
+                                        window.context_kv, window.cross_mask_Bx1xS, window.per_bar_BxGxD)
+    token_Bx5, logprob_B = choose_token(model.decoder.heads, h_Bx1xD[:, 0], state, config)
+    return advance(state, token_Bx5, logprob_B, cache)
+
+
+# ---------------------------------------------------------------------------
+# Jitted entry points over (graphdef, params)
+# ---------------------------------------------------------------------------
+
+
+def _prefix_buffer(batch: Mapping[str, jax.Array], prefix_len_B: jax.Array, max_tokens: int) -> jax.Array:
+    """BxTx5 with each row's first prefix_len target tokens (frames recounted later), zeros after."""
+    columns = [batch[f"target_{name}"] for name in ("type", "pitch", "velocity", "duration")]
+    tokens_BxTx4 = jnp.stack(columns, axis=-1)[:, :max_tokens]
+    tokens_BxTx4 = jnp.pad(tokens_BxTx4, ((0, 0), (0, max_tokens - tokens_BxTx4.shape[1]), (0, 0)))
+    in_prefix_BxT = jnp.arange(max_tokens)[None, :] < prefix_len_B[:, None]
+    tokens_BxTx4 = jnp.where(in_prefix_BxT[..., None], tokens_BxTx4, 0)
+    return jnp.pad(tokens_BxTx4, ((0, 0), (0, 0), (0, 1))).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("max_tokens", "use_cache"))
+def _start(graphdef: nnx.GraphDef, params: nnx.State, batch: dict[str, jax.Array], n_frames_B: jax.Array,
+           prefix_len_B: jax.Array, key: jax.Array, *, max_tokens: int, use_cache: bool) -> SamplerState:
+    """Encodes contexts and G once, precomputes cross-attention keys/values, allocates the cache."""
+    model = nnx.merge(graphdef, params)
+    decoder = model.decoder
+    batch_size = n_frames_B.shape[0]
+    context_BxSxD = model.encode_context(batch)
+    cross_mask = (None if context_BxSxD is None
+                  else decoder.cross_mask(batch, model.visible_slots, jnp.ones((batch_size, 1), bool)))
+    use_kv = use_cache and context_BxSxD is not None
+    window = Window(
+        batch={k: batch[k] for k in _WINDOW_KEYS}, context_BxSxD=context_BxSxD,
+        context_kv=(decoder.context_keys_values(context_BxSxD if use_kv else None, batch)),
+        cross_mask_Bx1xS=cross_mask, per_bar_BxGxD=model.global_bars(batch),
+        n_frames_B=n_frames_B.astype(jnp.int32), prefix_len_B=prefix_len_B.astype(jnp.int32))
+    return SamplerState(
+        step=jnp.zeros((), jnp.int32), tokens_BxTx5=_prefix_buffer(batch, window.prefix_len_B, max_tokens),
+        logprob_BxT=jnp.zeros((batch_size, max_tokens), jnp.float32),
+        frames_emitted_B=jnp.zeros(batch_size, jnp.int32), last_pitch_B=jnp.full(batch_size, _NO_PITCH, jnp.int32),
+        done_B=jnp.zeros(batch_size, bool), key=key,
+        cache=decoder.init_cache(batch_size, max_tokens) if use_cache else (), window=window)
+
+
+@functools.partial(jax.jit, static_argnames=("config",), donate_argnames=("state",))
+def sample_chunk(graphdef: nnx.GraphDef, params: nnx.State, state: SamplerState, n_steps: jax.Array, *,
+                 config: SamplingConfig) -> SamplerState:
+    """Advances every row by up to ``n_steps`` tokens in one ``lax.while_loop``; ``state`` is donated.
+
+    Stops early once every row has emitted END. ``n_steps`` is traced, so any chunk
+    size reuses the one compilation per (B, T, S, G) shape; chunked and one-call
+    sampling give the same tokens because the key is folded with the token index.
+    """
+    model = nnx.merge(graphdef, params)
+    stop = jnp.minimum(state.step + n_steps, state.max_tokens)
+    return jax.lax.while_loop(lambda s: (s.step < stop) & ~jnp.all(s.done_B),
+                              lambda s: _cached_token(model, config, s), state)
+
+
+@functools.partial(jax.jit, static_argnames=("config",), donate_argnames=("state",))
+def _no_cache_token(graphdef: nnx.GraphDef, params: nnx.State, state: SamplerState, *,
+                    config: SamplingConfig) -> SamplerState:
+    """Token t by the original's method: the whole teacher-forced decoder over the padded buffer."""
+    model = nnx.merge(graphdef, params)
+    window, t = state.window, state.step
+    fields = _target_fields(state.tokens_BxTx5, window)
+    # Query t must count as a real token; what its own slot holds is never read (causal).
+    type_BxT = fields["type"]
+    fields["type"] = type_BxT.at[:, t].set(jnp.where(type_BxT[:, t] == _PAD, _FRAME, type_BxT[:, t]))
+    batch = {**window.batch, **{f"target_{name}": value for name, value in fields.items()}}
+    h_BxTxD = model.decoder(batch, window.context_BxSxD, window.per_bar_BxGxD, model.visible_slots)
+    h_BxD = jax.lax.dynamic_index_in_dim(h_BxTxD, t, axis=1, keepdims=False)
+    token_Bx5, logprob_B = choose_token(model.decoder.heads, h_BxD, state, config)
+    return advance(state, token_Bx5, logprob_B, state.cache)
+
+
+# ---------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------
+
+
+def _row_array(value: np.ndarray | int | None, default: np.ndarray, batch_size: int, what: str) -> np.ndarray:
+    array = np.broadcast_to(np.asarray(default if value is None else value, np.int64), (batch_size,))
+    if np.any(array < 0):
+        raise ValueError(f"{what} must be >= 0, got {array.tolist()}")
+    return array.astype(np.int32)
+
+
+class SegmentSampler:
+    """A model split once into (graphdef, params) for the jitted sampling functions.
+
+    ``start`` -> ``sample_chunk`` (repeat, e.g. to stream and to stop on
+    cancellation between chunks) or ``sample_window`` (to completion). One
+    compilation per (B, T, S, G) shape and ``SamplingConfig``.
+    """
+
+    def __init__(self, model: nnx.Module, config: SamplingConfig | None = None) -> None:
+        self.graphdef, self.params = nnx.split(model)
+        self.config = config or SamplingConfig()
+
+    def start(self, batch: Mapping[str, np.ndarray], key: jax.Array, n_frames_B: np.ndarray | int | None = None,
+              prefix_len_B: np.ndarray | int | None = None, *, use_cache: bool = True) -> SamplerState:
+        """The initial state of B windows (a batch in ``loader.collate``'s format).
+
+        ``n_frames_B`` defaults to the batch's ``n_beats`` (8 frames per beat);
+        ``prefix_len_B`` (default 0) target tokens of each row are forced, e.g. the
+        bars already generated in a sliding 8-bar window (SFS.md section 4), or a
+        fixed beginning when a segment is regenerated.
+        """
+        batch_size, target_len = np.shape(batch["target_type"])
+        max_tokens = self.config.max_tokens or target_len
+        n_frames = _row_array(n_frames_B, np.rint(np.asarray(batch["n_beats"]) * FRAMES_PER_BEAT),
+                              batch_size, "n_frames")
+        prefix_len = _row_array(prefix_len_B, np.zeros(batch_size), batch_size, "prefix_len")
+        if np.any(n_frames < 1) or np.any(n_frames + 1 > max_tokens):
+            raise ValueError(f"n_frames {n_frames.tolist()} must be in 1..{max_tokens - 1} "
+                             f"(one FRAME per frame and END within max_tokens={max_tokens})")
+        if np.any(prefix_len > min(max_tokens, target_len)):
+            raise ValueError(f"prefix_len {prefix_len.tolist()} exceeds the target length {target_len} "
+                             f"or max_tokens {max_tokens}")
+        inputs = {k: jnp.asarray(batch[k]) for k in _INPUT_KEYS}
+        return _start(self.graphdef, self.params, inputs, jnp.asarray(n_frames), jnp.asarray(prefix_len), key,
+                      max_tokens=max_tokens, use_cache=use_cache)
+
+    def sample_chunk(self, state: SamplerState, n_steps: int) -> SamplerState:
+        """Up to ``n_steps`` more tokens per row (the given state is donated: use the returned one)."""
+        return sample_chunk(self.graphdef, self.params, state, jnp.asarray(n_steps, jnp.int32), config=self.config)
+
+    def stream(self, state: SamplerState, chunk_tokens: int) -> Iterator[tuple[SamplerState, np.ndarray]]:
+        """Yields (state, new tokens Bx(<=chunk)x5) after each chunk until every row is done.
+
+        The host sees tokens once per chunk, not per token; stopping the iteration
+        cancels the rest of the window.
+        """
+        while int(state.step) < state.max_tokens and not bool(jnp.all(state.done_B)):
+            begin = int(state.step)
+            state = self.sample_chunk(state, chunk_tokens)
+            yield state, np.asarray(state.tokens_BxTx5[:, begin:int(state.step)])
+
+    def sample_window(self, batch: Mapping[str, np.ndarray], key: jax.Array,
+                      n_frames_B: np.ndarray | int | None = None,
+                      prefix_len_B: np.ndarray | int | None = None) -> SamplerState:
+        """The final state of complete windows: one ``sample_chunk`` of the whole budget."""
+        state = self.start(batch, key, n_frames_B, prefix_len_B)
+        return self.sample_chunk(state, state.max_tokens)
+
+    def sample_window_no_cache(self, batch: Mapping[str, np.ndarray], key: jax.Array,
+                               n_frames_B: np.ndarray | int | None = None,
+                               prefix_len_B: np.ndarray | int | None = None,
+                               max_steps: int | None = None) -> SamplerState:
+        """The original SFS's method with the same masks and draws: a full decoder pass per token.
+
+        A Python loop over a jitted teacher-forced pass of the fixed padded length T
+        (one compilation), syncing with the host after every token like the
+        original. Same key and config give the cached sampler's tokens, up to float
+        rounding. ``max_steps`` stops early (for timing).
+        """
+        state = self.start(batch, key, n_frames_B, prefix_len_B, use_cache=False)
+        stop = state.max_tokens if max_steps is None else min(max_steps, state.max_tokens)
+        while int(state.step) < stop and not bool(jnp.all(state.done_B)):
+            state = _no_cache_token(self.graphdef, self.params, state, config=self.config)
+        return state
+
+
+def tokens_and_lengths(state: SamplerState) -> tuple[np.ndarray, np.ndarray]:
+    """The token buffer BxTx5 and each row's length (through its END) as numpy."""
+    tokens_BxTx5 = np.asarray(state.tokens_BxTx5)
+    return tokens_BxTx5, np.sum(tokens_BxTx5[..., TYPE] != _PAD, axis=1)
+
+
+def sample_window(model: nnx.Module, batch: Mapping[str, np.ndarray], n_frames_B: np.ndarray | int | None,
+                  config: SamplingConfig, key: jax.Array,
+                  prefix_len_B: np.ndarray | int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Samples B complete windows with the KV cache; returns tokens BxTx5 and lengths B."""
+    return tokens_and_lengths(SegmentSampler(model, config).sample_window(batch, key, n_frames_B, prefix_len_B))
+
+
+def sample_window_no_cache(model: nnx.Module, batch: Mapping[str, np.ndarray], n_frames_B: np.ndarray | int | None,
+                           config: SamplingConfig, key: jax.Array, prefix_len_B: np.ndarray | int | None = None,
+                           max_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``sample_window`` by the original's method (no cache); the speed benchmark's baseline."""
+    state = SegmentSampler(model, config).sample_window_no_cache(batch, key, n_frames_B, prefix_len_B, max_steps)
+    return tokens_and_lengths(state)
+
+
+def window_notes(tokens_Tx5: np.ndarray, window_start_bar: int = 0) -> np.ndarray:
+    """Notes Nx4 of one sampled row via ``tokenizer.decode_target``, onsets moved to song frames."""
+    notes_Nx4 = tokenizer.decode_target(np.asarray(tokens_Tx5))
+    notes_Nx4[:, ONSET] += window_start_bar * FRAMES_PER_BAR
+    return notes_Nx4
