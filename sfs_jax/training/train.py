@@ -143,6 +143,10 @@ def train_and_evaluate(task: Task, config: ml_collections.ConfigDict, workdir: s
         train_iterator.set_state(data_state)
         start_step = int(meta["step"])
         logging.info("resumed %s at step %d", workdir, start_step)
+        final = workdir / "final_metrics.json"
+        if start_step >= train_config.num_steps and final.exists():
+            checkpoints.close()
+            return json.loads(final.read_text())
 
     loss_fn = task.loss_fn
     train_fn = jax.jit(functools.partial(steps.train_step, loss_fn=loss_fn,
@@ -204,6 +208,6 @@ def train_and_evaluate(task: Task, config: ml_collections.ConfigDict, workdir: s
         writer.close()
         checkpoints.close()
     logging.info("compiled %d batch shapes", len(shapes_seen))
-    (workdir / "final_metrics.json").write_text(json.dumps({"train": last_train, "validation": last_eval},
-                                                           indent=2))
-    return {"train": last_train, "validation": last_eval, "batch_shapes": len(shapes_seen)}
+    result = {"train": last_train, "validation": last_eval, "batch_shapes": len(shapes_seen)}
+    (workdir / "final_metrics.json").write_text(json.dumps(result, indent=2))
+    return result
