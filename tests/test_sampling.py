@@ -1,0 +1,336 @@
+"""The segment sampler: cached decoding equals the full pass, and samples obey the grammar.
+
+Inputs are real examples (synthetic songs through ``make_example`` and ``collate``)
+for the tiny model with random bar embeddings; three windows of two bars (64
+frames) with different target lengths and contexts (one row has none).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from data_pipeline.synthetic import generate_song
+from sfs_jax.data.examples import ExampleConfig, make_example
+from sfs_jax.data.loader import collate
+from sfs_jax.model.config import model_config
+from sfs_jax.model.decoder import shift_right
+from sfs_jax.model.flat import flat_config
+from sfs_jax.model.sfs import SFSModel
+from sfs_jax.music import tokenizer
+from sfs_jax.music.notes import MAX_PITCH, MIN_PITCH
+from sfs_jax.music.song import Song
+from sfs_jax.music.tokenizer import DUR, FRAME, PITCH, TYPE, VEL, TokenType
+from sfs_jax.sampling import segment
+from sfs_jax.sampling.segment import HeadSampling, SamplingConfig, SegmentSampler
+
+EXAMPLE_CONFIG = ExampleConfig(window_bars=2, context_bars=2, target_buckets=(96, 128, 192, 256),
+                               context_buckets=(32, 64, 128, 256), previous_token_budget=256)
+# (synthetic song index, example seed): contexts {left, seed, ref}, all four, none.
+EXAMPLE_SOURCES = ((0, 1), (4, 1), (2, 1))
+N_FRAMES = 64
+EQUIVALENCE_ATOL = 1e-4  # fp32; measured max |difference| about 6e-6
+
+
+@pytest.fixture(scope="module")
+def batch() -> dict[str, np.ndarray]:
+    latent_dim = model_config("tiny").vae.latent_dim
+    examples = []
+    for index, seed in EXAMPLE_SOURCES:
+        synthetic = generate_song(0, index)
+        song = Song(synthetic.song_id, synthetic.notes_Nx4, synthetic.n_bars, synthetic.tempo_bpm,
+                    synthetic.segments, "synthetic")
+        embeddings = np.random.default_rng(index).normal(size=(song.n_bars, latent_dim)).astype(np.float32)
+        examples.append(make_example(song, np.random.default_rng(seed), EXAMPLE_CONFIG, embeddings))
+    return collate(examples, EXAMPLE_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def model() -> SFSModel:
+    return SFSModel(model_config("tiny"), rngs=nnx.Rngs(0))
+
+
+@pytest.fixture(scope="module")
+def default_samples(model, batch) -> segment.SamplerState:
+    return SegmentSampler(model, SamplingConfig()).sample_window(batch, jax.random.key(0), N_FRAMES)
+
+
+def _lengths(batch) -> np.ndarray:
+    return np.sum(batch["target_type"] != int(TokenType.PAD), axis=1)
+
+
+def _target_tokens(batch, row: int) -> np.ndarray:
+    """Row's real target tokens Tx5 in the tokenizer's column order."""
+    fields = ("type", "pitch", "velocity", "duration", "frame")
+    tokens = np.stack([batch[f"target_{name}"][row] for name in fields], axis=-1)
+    return tokens[: _lengths(batch)[row]]
+
+
+def test_batch_is_varied(batch):
+    """The premises of the tests below: real windows of 64 frames, lengths and contexts differ."""
+    assert np.all(batch["n_beats"] * 8 == N_FRAMES)
+    assert len(set(_lengths(batch).tolist())) == 3
+    n_context = np.sum(batch["context_slot"] > 0, axis=1)
+    assert n_context[0] > 0 and n_context[1] > 0 and n_context[2] == 0
+
+
+# ---------------------------------------------------------------------------
+# Cached decoding equals the teacher-forced pass
+# ---------------------------------------------------------------------------
+
+
+@jax.jit
+def _stepwise_logits(graphdef, params, batch):
+    """The four heads' logits from ``Decoder.step``, one token at a time over the target (lax.scan)."""
+    model = nnx.merge(graphdef, params)
+    decoder = model.decoder
+    batch_size, n_tokens = batch["target_type"].shape
+    context = model.encode_context(batch)
+    context_kv = decoder.context_keys_values(context, batch)
+    cross_mask = None if context is None else decoder.cross_mask(batch, model.visible_slots,
+                                                                 jnp.ones((batch_size, 1), bool))
+    per_bar = model.global_bars(batch)
+    inputs_TxB = {name: value.T for name, value in shift_right(batch).items()}
+
+    def one_token(cache, t_and_inputs):
+        t, inputs_B = t_and_inputs
+        inputs_Bx1 = {name: value[:, None] for name, value in inputs_B.items()}
+        h_Bx1xD, cache = decoder.step(inputs_Bx1, batch, cache, t, context_kv, cross_mask, per_bar)
+        return cache, h_Bx1xD[:, 0]
+
+    _, h_TxBxD = jax.lax.scan(one_token, decoder.init_cache(batch_size, n_tokens),
+                              (jnp.arange(n_tokens), inputs_TxB))
+    h = jnp.swapaxes(h_TxBxD, 0, 1)
+    heads = decoder.heads
+    return {"type": heads.type_logits(h), "pitch": heads.pitch_logits(h),
+            "velocity": heads.velocity_logits(h, batch["target_pitch"]),
+            "duration": heads.duration_logits(h, batch["target_pitch"], batch["target_velocity"])}
+
+
+@pytest.mark.parametrize("flat", [False, True], ids=["sfs", "flat"])
+def test_forward_equivalence(batch, flat):
+    """Decoder.step token by token gives the teacher-forced logits at every real position.
+
+    Covers every frame boundary of three rows of different lengths, the contexts
+    (cross-attention keys/values computed once) and G; the Flat model has neither.
+    """
+    config = model_config("tiny")
+    model = SFSModel(flat_config(config) if flat else config, rngs=nnx.Rngs(1))
+    jbatch = {k: jnp.asarray(v) for k, v in batch.items()}
+    expected = model.logits(jbatch)
+    got = _stepwise_logits(*nnx.split(model), jbatch)
+    valid = batch["target_type"] != int(TokenType.PAD)
+    for head in ("type", "pitch", "velocity", "duration"):
+        np.testing.assert_allclose(np.asarray(got[head])[valid], np.asarray(expected[head])[valid],
+                                   atol=EQUIVALENCE_ATOL, rtol=0, err_msg=head)
+    # Not vacuous: the logits vary along the sequence.
+    assert np.std(np.asarray(expected["pitch"])[valid], axis=0).max() > 1e-2
+
+
+def test_forced_target_scores_like_teacher_forcing(model, batch):
+    """Forcing the whole real target through the sampler reproduces it and its teacher-forced log-probs.
+
+    This checks the sampler's own inputs (song frame, bar, START) against ``shift_right``.
+    """
+    lengths = _lengths(batch)
+    state = SegmentSampler(model, SamplingConfig()).sample_window(batch, jax.random.key(3), N_FRAMES, lengths)
+    tokens, out_lengths = segment.tokens_and_lengths(state)
+    np.testing.assert_array_equal(out_lengths, lengths)
+    logits = model.logits({k: jnp.asarray(v) for k, v in batch.items()})
+    log_p = {head: np.asarray(jax.nn.log_softmax(value, axis=-1)) for head, value in logits.items()}
+    for row, length in enumerate(lengths):
+        target = _target_tokens(batch, row)
+        np.testing.assert_array_equal(tokens[row, :length], target)
+        assert np.all(tokens[row, length:] == 0)
+        t = np.arange(length)
+        note = target[:, TYPE] == int(TokenType.NOTE)
+        expected = log_p["type"][row, t, target[:, TYPE]] + np.where(
+            note, log_p["pitch"][row, t, np.clip(target[:, PITCH] - MIN_PITCH, 0, None)]
+            + log_p["velocity"][row, t, target[:, VEL]] + log_p["duration"][row, t, target[:, DUR]], 0.0)
+        np.testing.assert_allclose(np.asarray(state.logprob_BxT)[row, :length], expected, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# The grammar of SFS.md section 4
+# ---------------------------------------------------------------------------
+
+
+def _assert_grammatical(tokens_Tx5: np.ndarray, length: int, n_frames: int, max_tokens: int) -> np.ndarray:
+    """Checks one sampled row and returns its decoded notes."""
+    types = tokens_Tx5[:, TYPE]
+    assert tokenizer.count_token_errors(tokens_Tx5) == 0
+    assert length <= max_tokens
+    assert types[0] == int(TokenType.FRAME)
+    assert np.sum(types == int(TokenType.FRAME)) == n_frames
+    assert types[length - 1] == int(TokenType.END) and np.sum(types == int(TokenType.END)) == 1
+    assert np.all(types[length:] == int(TokenType.PAD)) and np.all(types[:length] != int(TokenType.PAD))
+    np.testing.assert_array_equal(tokens_Tx5[:length, FRAME], tokenizer.frames_from_types(types[:length]))
+    notes = tokens_Tx5[:length][types[:length] == int(TokenType.NOTE)]
+    assert np.all((notes[:, PITCH] >= MIN_PITCH) & (notes[:, PITCH] <= MAX_PITCH))
+    frames = tokens_Tx5[:length][types[:length] == int(TokenType.NOTE), FRAME]
+    same_frame = frames[1:] == frames[:-1]
+    assert np.all(notes[1:, PITCH][same_frame] > notes[:-1, PITCH][same_frame])
+    decoded = segment.window_notes(tokens_Tx5)
+    assert len(decoded) == len(notes) and np.all(decoded[:, 0] < n_frames)
+    return decoded
+
+
+def test_samples_obey_grammar(default_samples, batch):
+    tokens, lengths = segment.tokens_and_lengths(default_samples)
+    max_tokens = batch["target_type"].shape[1]
+    n_notes = [len(_assert_grammatical(tokens[row], lengths[row], N_FRAMES, max_tokens)) for row in range(3)]
+    assert min(n_notes) > 0  # the random model does write notes
+    assert len(set(lengths.tolist())) > 1  # rows end independently
+
+
+def test_per_row_frames_and_tight_budget(model, batch):
+    """Rows with their own n_frames; a budget of n_frames + 1 leaves room for FRAMEs and END only."""
+    n_frames = np.array([64, 23, 1])
+    tokens, lengths = segment.sample_window(model, batch, n_frames, SamplingConfig(max_tokens=70),
+                                            jax.random.key(5))
+    for row in range(3):
+        _assert_grammatical(tokens[row], lengths[row], n_frames[row], 70)
+    assert lengths[0] <= 70  # 64 FRAMEs + END in 70 tokens: at most 5 notes
+    assert lengths[1] > 24 and lengths[2] > 2  # short rows had room for notes (row 2: in its last frame)
+
+
+def test_budget_binds(model, batch):
+    """With 6 spare tokens, the sampler writes notes only while FRAMEs + END still fit."""
+    tokens, lengths = segment.sample_window(model, batch, N_FRAMES, SamplingConfig(max_tokens=N_FRAMES + 7),
+                                            jax.random.key(6))
+    for row in range(3):
+        _assert_grammatical(tokens[row], lengths[row], N_FRAMES, N_FRAMES + 7)
+    assert np.all(lengths <= N_FRAMES + 7)
+    assert np.any(lengths == N_FRAMES + 7)  # some row used the whole budget
+
+
+def _state_for_masks(frames_emitted, last_pitch, n_frames, step, max_tokens) -> segment.SamplerState:
+    rows = len(frames_emitted)
+    window = segment.Window(batch={}, context_BxSxD=None, context_kv=(), cross_mask_Bx1xS=None, per_bar_BxGxD=None,
+                            n_frames_B=jnp.asarray(n_frames), prefix_len_B=jnp.zeros(rows, jnp.int32))
+    return segment.SamplerState(step=jnp.asarray(step), tokens_BxTx5=jnp.zeros((rows, max_tokens, 5), jnp.int32),
+                                logprob_BxT=jnp.zeros((rows, max_tokens)),
+                                frames_emitted_B=jnp.asarray(frames_emitted), last_pitch_B=jnp.asarray(last_pitch),
+                                done_B=jnp.zeros(rows, bool), key=jax.random.key(0), cache=(), window=window)
+
+
+def test_type_and_pitch_masks():
+    """Rows: first token; mid-frame; top pitch reached; last frame; budget exhausted for notes."""
+    state = _state_for_masks(frames_emitted=[0, 3, 3, 8, 5], last_pitch=[20, 60, MAX_PITCH, 70, 20],
+                             n_frames=[8, 8, 8, 8, 8], step=10, max_tokens=14)
+    allowed = np.asarray(segment.type_mask(state))  # columns PAD, FRAME, NOTE, END
+    np.testing.assert_array_equal(allowed, [[0, 1, 0, 0],   # only FRAME first
+                                            [0, 1, 0, 0],   # 5 FRAMEs + END need 6 of the 4 left: no NOTE
+                                            [0, 1, 0, 0],   # nothing above 108
+                                            [0, 0, 1, 1],   # last frame: its notes or END, never FRAME
+                                            [0, 1, 0, 0]])  # 3 FRAMEs + END need all 4 tokens left
+    roomy = _state_for_masks([3, 8], [60, 70], [8, 8], step=0, max_tokens=100)
+    np.testing.assert_array_equal(np.asarray(segment.type_mask(roomy)), [[0, 1, 1, 0], [0, 0, 1, 1]])
+    pitches = np.asarray(segment.pitch_mask(jnp.asarray([20, 60, MAX_PITCH])))
+    assert pitches[0].all() and not pitches[2].any()
+    assert np.flatnonzero(pitches[1])[0] + MIN_PITCH == 61
+
+
+# ---------------------------------------------------------------------------
+# Keys, chunks, prefixes
+# ---------------------------------------------------------------------------
+
+
+def test_same_key_same_samples_and_chunks_match(model, batch, default_samples):
+    sampler = SegmentSampler(model, SamplingConfig())
+    again = sampler.sample_window(batch, jax.random.key(0), N_FRAMES)
+    np.testing.assert_array_equal(np.asarray(again.tokens_BxTx5), np.asarray(default_samples.tokens_BxTx5))
+    other = sampler.sample_window(batch, jax.random.key(1), N_FRAMES)
+    assert not np.array_equal(np.asarray(other.tokens_BxTx5), np.asarray(default_samples.tokens_BxTx5))
+    state = sampler.start(batch, jax.random.key(0), N_FRAMES)
+    steps = []
+    for state, new_tokens in sampler.stream(state, 7):  # noqa: B007
+        steps.append(int(state.step))
+        assert new_tokens.shape[1] <= 7
+    assert len(steps) > 2 and steps[0] == 7
+    np.testing.assert_array_equal(np.asarray(state.tokens_BxTx5), np.asarray(default_samples.tokens_BxTx5))
+    np.testing.assert_allclose(np.asarray(state.logprob_BxT), np.asarray(default_samples.logprob_BxT))
+
+
+def test_prefix_is_kept(model, batch):
+    """A teacher-forced beginning (e.g. the bars already in a sliding window) appears unchanged."""
+    prefix_len = np.array([40, 0, 25])
+    tokens, lengths = segment.sample_window(model, batch, N_FRAMES, SamplingConfig(), jax.random.key(2),
+                                            prefix_len)
+    for row in range(3):
+        np.testing.assert_array_equal(tokens[row, : prefix_len[row]], _target_tokens(batch, row)[: prefix_len[row]])
+        _assert_grammatical(tokens[row], lengths[row], N_FRAMES, batch["target_type"].shape[1])
+
+
+def test_greedy_is_the_argmax_path_of_both_samplers(model, batch):
+    """temperature 0 and top_k 1 agree whatever the key, and the no-cache sampler finds the same path."""
+    greedy, _ = segment.sample_window(model, batch, N_FRAMES, SamplingConfig(temperature=0.0), jax.random.key(0))
+    top1, _ = segment.sample_window(model, batch, N_FRAMES, SamplingConfig(top_k=1), jax.random.key(9))
+    np.testing.assert_array_equal(top1, greedy)
+    reference, lengths = segment.sample_window_no_cache(model, batch, N_FRAMES, SamplingConfig(top_k=1),
+                                                        jax.random.key(4))
+    np.testing.assert_array_equal(reference, greedy)
+    for row in range(3):
+        _assert_grammatical(greedy[row], lengths[row], N_FRAMES, batch["target_type"].shape[1])
+
+
+def test_no_cache_sampler_draws_the_same_samples(model, batch, default_samples):
+    """Same key, same masks and draws: the original's method gives the cached sampler's tokens."""
+    reference, _ = segment.sample_window_no_cache(model, batch, N_FRAMES, SamplingConfig(), jax.random.key(0))
+    np.testing.assert_array_equal(reference, np.asarray(default_samples.tokens_BxTx5))
+
+
+# ---------------------------------------------------------------------------
+# Drawing from one head
+# ---------------------------------------------------------------------------
+
+
+def _draws(logits_V, head: HeadSampling, allowed_V=None, n: int = 4000) -> np.ndarray:
+    logits_BxV = jnp.broadcast_to(jnp.asarray(logits_V, jnp.float32), (n, len(logits_V)))
+    allowed = None if allowed_V is None else jnp.broadcast_to(jnp.asarray(allowed_V), logits_BxV.shape)
+    draws = segment.sample_logits(jax.random.key(0), logits_BxV, allowed, head)
+    return np.bincount(np.asarray(draws), minlength=len(logits_V)) / n
+
+
+def test_top_p_top_k_and_masks():
+    logits = np.log([0.5, 0.3, 0.15, 0.05])
+    free = _draws(logits, HeadSampling(top_p=1.0))
+    assert np.all(free > 0) and np.allclose(free, [0.5, 0.3, 0.15, 0.05], atol=0.03)
+    nucleus = _draws(logits, HeadSampling(top_p=0.8))  # 0.5 + 0.3 reaches 0.8
+    assert np.all(nucleus[2:] == 0) and np.allclose(nucleus[:2], [0.625, 0.375], atol=0.03)
+    assert np.all(_draws(logits, HeadSampling(top_p=0.81))[:3] > 0)
+    assert np.all(_draws(logits, HeadSampling(top_p=1.0, top_k=2))[2:] == 0)
+    assert _draws(logits, HeadSampling(top_p=0.4))[0] == 1.0  # the top class always stays
+    masked = _draws(logits, HeadSampling(top_p=1.0), allowed_V=[False, True, True, False])
+    assert masked[0] == 0 and masked[3] == 0 and np.allclose(masked[1], 0.3 / 0.45, atol=0.03)
+    assert _draws(logits, HeadSampling(temperature=0.0), allowed_V=[False, False, True, True])[2] == 1.0
+    cold = _draws(logits, HeadSampling(temperature=0.05, top_p=1.0))
+    assert cold[0] > 0.99
+
+
+def test_sampling_config():
+    config = SamplingConfig(top_p=0.9, pitch_head=HeadSampling(temperature=0.5, top_p=1.0, top_k=10))
+    assert config.head("type") == HeadSampling(1.0, 0.9, 0)
+    assert config.head("pitch") == HeadSampling(0.5, 1.0, 10)
+    assert SamplingConfig().head("duration").top_p == 0.975
+    hash(config)  # a static jit argument
+    with pytest.raises(ValueError):
+        SamplingConfig(top_p=0.0)
+    with pytest.raises(ValueError):
+        SamplingConfig(temperature=-1.0)
+    with pytest.raises(ValueError):
+        config.head("tempo")
+    assert dataclasses.replace(config, max_tokens=10).max_tokens == 10
+
+
+def test_start_refuses_impossible_windows(model, batch):
+    sampler = SegmentSampler(model, SamplingConfig(max_tokens=64))
+    with pytest.raises(ValueError, match="n_frames"):
+        sampler.start(batch, jax.random.key(0), 64)  # 64 FRAMEs + END do not fit in 64 tokens
+    with pytest.raises(ValueError, match="prefix_len"):
+        sampler.start(batch, jax.random.key(0), 32, prefix_len_B=65)
