@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
 from sfs_jax.music import midi_io
+
+# One XLA compilation cache per test session: the same program compiled again (the
+# train step of a resumed run, a tiny config shared by several tests) is loaded from
+# disk instead of recompiled, which dominates CPU test time. jax reads this setting at
+# its first compilation, so it is set here, before any test runs.
+_JIT_CACHE_DIR = tempfile.mkdtemp(prefix="sfs_jax_tests_jit_")
+jax.config.update("jax_compilation_cache_dir", _JIT_CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+atexit.register(shutil.rmtree, _JIT_CACHE_DIR, ignore_errors=True)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 POP909_DIR = REPO_ROOT.parent / "shared" / "data" / "pop909"

@@ -122,6 +122,16 @@ class Decoder(nnx.Module):
     def __call__(self, batch: dict[str, jax.Array], context_BxSxD: jax.Array | None,
                  per_bar_BxGxD: jax.Array | None, visible_slots: tuple[int, ...]) -> jax.Array:
         """Final hidden states BxTxD for every target position (teacher forcing)."""
+        return self.prefill(batch, context_BxSxD, per_bar_BxGxD, visible_slots)[0]
+
+    def prefill(self, batch: dict[str, jax.Array], context_BxSxD: jax.Array | None,
+                per_bar_BxGxD: jax.Array | None,
+                visible_slots: tuple[int, ...]) -> tuple[jax.Array, tuple[KVCache, ...]]:
+        """``__call__`` plus each block's self-attention cache of the T target positions.
+
+        The sampler's prefill: a teacher-forced prefix in one pass, after which ``step``
+        continues from the cache (slots past a row's prefix are overwritten before use).
+        """
         inputs = shift_right(batch)
         valid_BxT = batch["target_type"] != int(TokenType.PAD)
         x = self.embed_inputs(inputs, batch)
@@ -131,10 +141,12 @@ class Decoder(nnx.Module):
         lengths = jnp.sum(valid_BxT, axis=1)
         fast = FastPath(is_causal=True, query_lengths_B=lengths, key_lengths_B=lengths)
         cross_mask = None if context_BxSxD is None else self.cross_mask(batch, visible_slots, valid_BxT)
+        cache = []
         for block, context_kv in zip(self.blocks, self.context_keys_values(context_BxSxD, batch), strict=True):
-            x = block(x, inputs["song_frame"], self_mask, condition_BxTxD=condition, context_kv=context_kv,
-                      cross_mask_BxTxS=cross_mask, fast_path=fast)
-        return self.norm(x)
+            x, layer_cache = block.prefill(x, inputs["song_frame"], self_mask, condition_BxTxD=condition,
+                                           context_kv=context_kv, cross_mask_BxTxS=cross_mask, fast_path=fast)
+            cache.append(layer_cache)
+        return self.norm(x), tuple(cache)
 
     def init_cache(self, batch_size: int, max_tokens: int) -> tuple[KVCache, ...]:
         """An empty self-attention cache per block for ``step``, L = max_tokens slots."""

@@ -51,8 +51,16 @@ class Block(nnx.Module):
         return norm(x if condition is None else x + condition).astype(self.dtype)
 
     def self_attend(self, x_BxTxD, positions_BxT, mask_BxTxT, condition_BxTxD=None, fast_path=None):
+        return self.self_attend_keeping_kv(x_BxTxD, positions_BxT, mask_BxTxT, condition_BxTxD, fast_path)[0]
+
+    def self_attend_keeping_kv(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask_BxTxT: jax.Array,
+                               condition_BxTxD: jax.Array | None = None,
+                               fast_path: FastPath | None = None) -> tuple[jax.Array, KVCache]:
+        """``self_attend`` that also returns its keys/values: the sampler's cache after a prefill."""
         h = self._input(self.self_norm, x_BxTxD, condition_BxTxD)
-        return x_BxTxD + self.self_attention(h, positions_BxT, h, positions_BxT, mask_BxTxT, fast_path)
+        keys, values = self.self_attention.keys_values(h, positions_BxT)
+        q = self.self_attention.queries(h, positions_BxT)
+        return x_BxTxD + self.self_attention.attend_to(q, keys, values, mask_BxTxT, fast_path), KVCache(keys, values)
 
     def cross_attend(self, x_BxTxD, positions_BxT, context_k, context_v, mask_BxTxS, condition_BxTxD=None):
         """Cross-attention on precomputed context keys/values (computed once per segment)."""
@@ -81,8 +89,20 @@ class Block(nnx.Module):
     def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask_BxTxT: jax.Array, *,
                  condition_BxTxD: jax.Array | None = None, context_kv: tuple | None = None,
                  cross_mask_BxTxS: jax.Array | None = None, fast_path: FastPath | None = None) -> jax.Array:
-        x = self.self_attend(x_BxTxD, positions_BxT, mask_BxTxT, condition_BxTxD, fast_path)
-        return self._cross_and_feed_forward(x, positions_BxT, condition_BxTxD, context_kv, cross_mask_BxTxS)
+        return self.prefill(x_BxTxD, positions_BxT, mask_BxTxT, condition_BxTxD=condition_BxTxD,
+                            context_kv=context_kv, cross_mask_BxTxS=cross_mask_BxTxS, fast_path=fast_path)[0]
+
+    def prefill(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask_BxTxT: jax.Array, *,
+                condition_BxTxD: jax.Array | None = None, context_kv: tuple | None = None,
+                cross_mask_BxTxS: jax.Array | None = None,
+                fast_path: FastPath | None = None) -> tuple[jax.Array, KVCache]:
+        """``__call__`` that also returns the self-attention cache of all T tokens.
+
+        The sampler runs a teacher-forced prefix (SFS.md section 4: the bars already in
+        a sliding window) through this in one parallel pass instead of token by token.
+        """
+        x, cache = self.self_attend_keeping_kv(x_BxTxD, positions_BxT, mask_BxTxT, condition_BxTxD, fast_path)
+        return self._cross_and_feed_forward(x, positions_BxT, condition_BxTxD, context_kv, cross_mask_BxTxS), cache
 
     def decode_step(self, x_Bx1xD: jax.Array, position_Bx1: jax.Array, cache: KVCache, t: jax.Array, *,
                     condition_Bx1xD: jax.Array | None = None, context_kv: tuple | None = None,

@@ -182,11 +182,17 @@ def train_and_evaluate(task: Task, config: ml_collections.ConfigDict, workdir: s
                                       jax.random.fold_in(base_key, step), jnp.asarray(step, jnp.int32))
             pending.append(metrics)
             done = step + 1
-            if done % train_config.log_every == 0 or done == train_config.num_steps:
+            is_log = done % train_config.log_every == 0 or done == train_config.num_steps
+            is_eval = done % train_config.eval_every == 0 or done == train_config.num_steps
+            is_save = done % train_config.checkpoint_every == 0 or done == train_config.num_steps or is_eval
+            if is_log or is_save:
+                # Checked before a save or validation too (not only at log steps), so a
+                # non-finite state is never checkpointed when checkpoint_every < log_every.
                 sums = jax.device_get(jax.tree.map(lambda *xs: jnp.sum(jnp.stack(xs)), *pending))
                 if not all(np.isfinite(float(sums[k])) for k in ("loss", "grad_norm")):
                     raise NonFiniteLossError(f"non-finite loss or gradient at step {done}; the last good "
                                              f"checkpoint in {workdir} is kept")
+            if is_log:
                 elapsed = time.perf_counter() - window_start
                 last_train = steps.summarize(sums, len(pending))
                 last_train.update(learning_rate=float(schedule(done)), tokens_per_second=window_tokens / elapsed,
@@ -195,14 +201,13 @@ def train_and_evaluate(task: Task, config: ml_collections.ConfigDict, workdir: s
                 print(f"[{task.name}] step {done}/{train_config.num_steps} " + " ".join(
                     f"{k}={v:.4g}" for k, v in last_train.items()), flush=True)
                 pending, window_start, window_tokens = [], time.perf_counter(), 0
-            is_eval = done % train_config.eval_every == 0 or done == train_config.num_steps
             eval_iterator = task.make_eval_iterator() if is_eval else None
             if eval_iterator is not None:
                 last_eval = evaluate(eval_fn, graphdef, state, eval_iterator, mesh, jax.random.key(0))
                 writer.write("validation", done, last_eval)
                 print(f"[{task.name}] validation step {done} " + " ".join(
                     f"{k}={v:.4g}" for k, v in last_eval.items()), flush=True)
-            if done % train_config.checkpoint_every == 0 or done == train_config.num_steps or is_eval:
+            if is_save:
                 save(done, last_eval.get("loss") if is_eval and last_eval else None)
     finally:
         writer.close()

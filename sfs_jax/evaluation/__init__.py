@@ -1,0 +1,1 @@
+"""Evaluation: objective metrics of generated songs (see ``metrics``)."""
