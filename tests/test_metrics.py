@@ -186,13 +186,17 @@ def test_transposed_repeat_is_detected() -> None:
 
 
 def test_threshold_keeps_top_quarter_scaled_and_penalizes_the_rest() -> None:
-    ssm_TxT = metrics.self_similarity(metrics.chroma_2hz(generate_song(0, 2).notes_Nx4, 120.0))
+    notes = generate_song(0, 2).notes_Nx4
+    silent_bars = (notes[:, ONSET] // FRAMES_PER_BAR >= 8) & (notes[:, ONSET] // FRAMES_PER_BAR < 20)  # 24 s
+    ssm_TxT = metrics.self_similarity(metrics.chroma_2hz(notes[~silent_bars], 120.0))
+    assert np.diag(ssm_TxT).min() == 0.0  # silent frames: zero chroma, zero self-similarity
     out_TxT = metrics.threshold_similarity(ssm_TxT)
     off_diagonal = ~np.eye(len(out_TxT), dtype=bool)
     kept = out_TxT[off_diagonal] >= 0
     assert abs(np.mean(out_TxT >= 0) - 0.25) < 0.01
     assert set(np.unique(out_TxT[off_diagonal][~kept])) == {-2.0}
-    assert out_TxT.max() == 1.0 and np.all(np.diag(out_TxT) == 1.0)
+    assert out_TxT[off_diagonal][kept].min() == 0.0 and out_TxT.max() == 1.0  # kept cells scaled onto [0, 1]
+    assert np.all(np.diag(out_TxT) == 1.0)  # every trivial self-path scores its length
     # monotone: a kept cell's order among kept cells is preserved by the linear scaling
     order = np.argsort(ssm_TxT[off_diagonal][kept], kind="stable")
     assert np.all(np.diff(out_TxT[off_diagonal][kept][order]) >= -1e-12)
@@ -231,8 +235,9 @@ def test_grid_scape_is_exact_where_evaluated_and_close_to_exact_maximum() -> Non
     np.testing.assert_array_equal(evaluated[:31], ~np.isnan(exact.fitness_LxT[:31]))  # below 16 s: all
     for lo_s, hi_s in metrics.PAPER_SI_RANGES_S:
         got, want = approx.max_fitness(lo_s, hi_s), exact.max_fitness(lo_s, hi_s)
-        assert want - 0.003 <= got <= want
-    assert grid_only.max_fitness(16, None) <= approx.max_fitness(16, None)
+        assert want - 1e-4 <= got <= want
+    # on this song the grid alone misses the peak; the refinement finds it
+    assert grid_only.max_fitness(16, None) < exact.max_fitness(16, None) - 1e-3
     filled_LxT = approx.filled()
     np.testing.assert_array_equal(np.isnan(filled_LxT), np.isnan(exact.fitness_LxT))
     np.testing.assert_array_equal(filled_LxT[evaluated], approx.fitness_LxT[evaluated])
@@ -293,13 +298,17 @@ def test_structure_contrast_separates_copies_from_other_material() -> None:
     assert result["auc"] == 1.0 and result["contrast"] > 0.3
 
 
-def test_structure_contrast_auc_is_chance_for_random_labels() -> None:
+def test_structure_contrast_auc_is_chance_for_shuffled_labels() -> None:
     rng = np.random.default_rng(2)
-    labels = rng.choice(list("ABCD"), size=24)
-    segments = parse_structure(" ".join(f"{label}2" for label in labels))
     notes = _concat_bars([_bar(rng, tuple(range(32)), tuple(range(12)), 5) for _ in range(48)])
-    result = metrics.structure_contrast(notes, segments)
-    assert 0.4 < result["auc"] < 0.6 and abs(result["contrast"]) < 0.05
+    aucs, contrasts = [], []
+    for _ in range(20):  # labels unrelated to the material
+        labels = rng.choice(list("ABCD"), size=24)
+        result = metrics.structure_contrast(notes, parse_structure(" ".join(f"{label}2" for label in labels)))
+        aucs.append(result["auc"])
+        contrasts.append(result["contrast"])
+    assert 0.45 < np.mean(aucs) < 0.55 and max(abs(a - 0.5) for a in aucs) < 0.15
+    assert abs(np.mean(contrasts)) < 0.02
 
 
 def test_rank_auc_handles_ties_as_half() -> None:

@@ -137,13 +137,18 @@ def test_forward_equivalence(batch, flat):
     assert np.std(np.asarray(expected["pitch"])[valid], axis=0).max() > 1e-2
 
 
-def test_forced_target_scores_like_teacher_forcing(model, batch):
+@pytest.mark.parametrize("prefill", [False, True], ids=["stepwise", "prefill"])
+def test_forced_target_scores_like_teacher_forcing(model, batch, prefill):
     """Forcing the whole real target through the sampler reproduces it and its teacher-forced log-probs.
 
-    This checks the sampler's own inputs (song frame, bar, START) against ``shift_right``.
+    Step by step this checks the sampler's own inputs (song frame, bar, START)
+    against ``shift_right``; with prefill, the one-pass prefix and its replay.
     """
     lengths = _lengths(batch)
-    state = SegmentSampler(model, SamplingConfig()).sample_window(batch, jax.random.key(3), N_FRAMES, lengths)
+    sampler = SegmentSampler(model, SamplingConfig())
+    state = sampler.start(batch, jax.random.key(3), N_FRAMES, lengths, prefill=prefill)
+    assert int(state.step) == (lengths.min() if prefill else 0)
+    state = sampler.sample_chunk(state, N_FRAMES * 4)
     tokens, out_lengths = segment.tokens_and_lengths(state)
     np.testing.assert_array_equal(out_lengths, lengths)
     logits = _teacher_forced_logits(*nnx.split(model), {k: jnp.asarray(v) for k, v in batch.items()})
@@ -194,13 +199,16 @@ def test_samples_obey_grammar(default_samples, batch):
 
 
 def test_per_row_frames_and_tight_budget(model, batch):
-    """Rows with their own n_frames in a budget of 70 tokens: notes only while FRAMEs + END still fit."""
-    n_frames = np.array([64, 23, 1])
-    tokens, lengths = segment.sample_window(model, batch, n_frames, SamplingConfig(max_tokens=70),
-                                            jax.random.key(5))
+    """Rows with their own n_frames; 120 frames in the 128-token budget leave room for 7 notes only.
+
+    (n_frames may run past the real window: the model reads positions, nothing more.)
+    """
+    n_frames = np.array([120, 23, 1])
+    max_tokens = batch["target_type"].shape[1]
+    tokens, lengths = segment.sample_window(model, batch, n_frames, SamplingConfig(), jax.random.key(5))
     for row in range(3):
-        _assert_grammatical(tokens[row], lengths[row], n_frames[row], 70)
-    assert lengths[0] == 70  # 64 FRAMEs + END + 5 notes: the budget binds and is used to the last token
+        _assert_grammatical(tokens[row], lengths[row], n_frames[row], max_tokens)
+    assert lengths[0] == max_tokens  # 120 FRAMEs + END + 7 notes: the budget binds and is used to the last token
     assert lengths[1] > 24 and lengths[2] > 2  # short rows have room for notes (row 2: in its last frame)
 
 
@@ -244,9 +252,10 @@ def test_same_key_same_samples_and_chunks_match(model, batch, default_samples):
     assert not np.array_equal(np.asarray(other.tokens_BxTx5), np.asarray(default_samples.tokens_BxTx5))
     state = sampler.start(batch, jax.random.key(0), N_FRAMES)
     steps = []
-    for state, new_tokens in sampler.stream(state, 7):  # noqa: B007
-        steps.append(int(state.step))
+    for chunk_state, new_tokens in sampler.stream(state, 7):
+        steps.append(int(chunk_state.step))
         assert new_tokens.shape[1] <= 7
+        state = chunk_state
     assert len(steps) > 2 and steps[0] == 7
     np.testing.assert_array_equal(np.asarray(state.tokens_BxTx5), np.asarray(default_samples.tokens_BxTx5))
     np.testing.assert_allclose(np.asarray(state.logprob_BxT), np.asarray(default_samples.logprob_BxT))
@@ -262,22 +271,43 @@ def test_prefix_is_kept(model, batch):
         _assert_grammatical(tokens[row], lengths[row], N_FRAMES, batch["target_type"].shape[1])
 
 
-def test_greedy_is_the_argmax_path_of_both_samplers(model, batch):
-    """temperature 0 and top_k 1 agree whatever the key, and the no-cache sampler finds the same path."""
-    greedy, _ = segment.sample_window(model, batch, N_FRAMES, SamplingConfig(temperature=0.0), jax.random.key(0))
-    top1, _ = segment.sample_window(model, batch, N_FRAMES, SamplingConfig(top_k=1), jax.random.key(9))
-    np.testing.assert_array_equal(top1, greedy)
-    reference, lengths = segment.sample_window_no_cache(model, batch, N_FRAMES, SamplingConfig(top_k=1),
-                                                        jax.random.key(4))
-    np.testing.assert_array_equal(reference, greedy)
+def test_prefill_continues_like_stepwise_forcing(model, batch):
+    """A prefilled prefix (one parallel pass) leaves the cache and state that forcing step by step does."""
+    prefix_len = np.array([40, 30, 25])
+    sampler = SegmentSampler(model, SamplingConfig())
+    prefilled = sampler.start(batch, jax.random.key(8), N_FRAMES, prefix_len, prefill=True)
+    assert int(prefilled.step) == 25
+    prefilled = sampler.sample_chunk(prefilled, 1000)
+    stepwise = sampler.sample_chunk(sampler.start(batch, jax.random.key(8), N_FRAMES, prefix_len, prefill=False), 1000)
+    np.testing.assert_array_equal(np.asarray(prefilled.tokens_BxTx5), np.asarray(stepwise.tokens_BxTx5))
+    np.testing.assert_allclose(np.asarray(prefilled.logprob_BxT), np.asarray(stepwise.logprob_BxT), atol=1e-4)
+    written = int(stepwise.step)  # slots past the last step hold the prefill's padding keys/values: never read
+    for layer_p, layer_s in zip(prefilled.cache, stepwise.cache, strict=True):
+        for name in ("k_BxLxHxK", "v_BxLxHxK"):
+            np.testing.assert_allclose(np.asarray(getattr(layer_p, name))[:, :written],
+                                       np.asarray(getattr(layer_s, name))[:, :written], atol=1e-4)
+
+
+def test_greedy_is_the_argmax_path(model, batch):
+    """top_k 1 and temperature 0 take the same path whatever the key (draws: test_top_p_top_k_and_masks)."""
+    greedy, lengths = segment.sample_window(model, batch, N_FRAMES, SamplingConfig(temperature=0.0),
+                                            jax.random.key(0))
+    for key in (0, 9):
+        top1, _ = segment.sample_window(model, batch, N_FRAMES, SamplingConfig(top_k=1), jax.random.key(key))
+        np.testing.assert_array_equal(top1, greedy)
     for row in range(3):
         _assert_grammatical(greedy[row], lengths[row], N_FRAMES, batch["target_type"].shape[1])
 
 
 def test_no_cache_sampler_draws_the_same_samples(model, batch, default_samples):
     """Same key, same masks and draws: the original's method gives the cached sampler's tokens."""
-    reference, _ = segment.sample_window_no_cache(model, batch, N_FRAMES, SamplingConfig(), jax.random.key(0))
-    np.testing.assert_array_equal(reference, np.asarray(default_samples.tokens_BxTx5))
+    state = SegmentSampler(model, SamplingConfig()).sample_window_no_cache(batch, jax.random.key(0), N_FRAMES,
+                                                                          max_steps=48)
+    assert int(state.step) == 48
+    np.testing.assert_array_equal(np.asarray(state.tokens_BxTx5)[:, :48],
+                                  np.asarray(default_samples.tokens_BxTx5)[:, :48])
+    np.testing.assert_allclose(np.asarray(state.logprob_BxT)[:, :48], np.asarray(default_samples.logprob_BxT)[:, :48],
+                               atol=1e-4)
 
 
 # ---------------------------------------------------------------------------

@@ -31,29 +31,26 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from experiments.configs import bar_vae as bar_vae_configs
 from experiments.configs import sfs as sfs_configs
-from sfs_jax.data import loader
-from sfs_jax.data.examples import ExampleConfig
 from sfs_jax.model.bar_vae import BarVAE
 from sfs_jax.model.config import model_config
-from sfs_jax.model.sfs import SFSModel
 from sfs_jax.music.song import Song
 from sfs_jax.music.tokenizer import TokenType
 from sfs_jax.training import steps, tasks
+from sfs_jax.training import train as train_lib
 from sfs_jax.training.checkpoint import Checkpoints, read_meta
 from sfs_jax.training.metrics_writer import read_metrics
 from sfs_jax.training.restore import load_trained
-from sfs_jax.training.train import NonFiniteLossError, train_and_evaluate
+from sfs_jax.training.train import NonFiniteLossError, Task, train_and_evaluate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ExampleConfig(window_bars=2, context_bars=2, target_buckets=(96, 128, 192, 256),
-                         context_buckets=(32, 64, 128, 256), previous_token_budget=256)
 LATENT = model_config("tiny").vae.latent_dim
 # Logged metrics that are a function of the model and data (not of wall-clock time).
 COMPARED_METRICS = ("loss", "grad_norm", "bits_per_beat", "type_nll", "pitch_nll", "velocity_nll",
@@ -63,74 +60,104 @@ Batch = dict[str, np.ndarray]
 
 
 def tiny_sfs_config(**train: Any) -> ml_collections.ConfigDict:
-    """``sfs.py:size=tiny`` without G (no VAE to train), one target and context bucket (one jit shape).
+    """``sfs.py:size=tiny`` (G on, fed random bar embeddings), one target and context bucket (one jit shape).
 
+    Every loop test uses it with ``num_steps=6`` so they share one compiled train step.
     Shared with the data-parallel subprocess, which imports it from this module.
     """
     config = sfs_configs.get_config("size=tiny")
-    config.model.use_global_view = False
     config.examples.target_buckets = (256,)
     config.examples.context_buckets = (256,)
-    config.train.update({**dict(num_steps=6, log_every=1, checkpoint_every=3, eval_every=3), **train})
+    # A constant rate after warmup: the compiled step does not depend on num_steps.
+    config.train.update({**dict(num_steps=6, log_every=1, checkpoint_every=3, eval_every=3,
+                                schedule="constant"), **train})
     return config
 
 
-@pytest.fixture(scope="module")
-def batch(tiny_synthetic_dataset: Path) -> Batch:
-    """The first batch (4 rows) of the tiny loader, with random bar embeddings for G."""
+def random_bar_embeddings(dataset_dir: str | Path) -> dict[str, np.ndarray]:
+    """Seeded random [n_bars, latent] vectors for every song: G's inputs without training a VAE."""
     import tensorflow_datasets as tfds
 
-    source = tfds.builder_from_directory(str(tiny_synthetic_dataset)).as_data_source()["train"]
     rng = np.random.default_rng(0)
     embeddings = {}
-    for i in range(len(source)):
-        song = Song.from_features(source[i])
-        embeddings[song.song_id] = rng.normal(size=(song.n_bars, LATENT)).astype(np.float32)
-    iterator = loader.make_loader(source, batch_size=4, seed=0, example_config=EXAMPLES, bar_embeddings=embeddings)
-    return {k: v for k, v in next(iterator).items() if np.ndim(v) >= 1}
+    for _, source in sorted(tfds.builder_from_directory(str(dataset_dir)).as_data_source().items()):
+        for i in range(len(source)):
+            song = Song.from_features(source[i])
+            embeddings[song.song_id] = rng.normal(size=(song.n_bars, LATENT)).astype(np.float32)
+    return embeddings
 
 
-class AdamSteps:
-    """A fresh tiny SFS model with Adam (lr 3e-3) and its jitted train step, plain and with 2 micro-batches.
+def sfs_task(config: ml_collections.ConfigDict, dataset_dir: str | Path) -> Task:
+    return tasks.sfs_task(config, dataset_dir, random_bar_embeddings(dataset_dir))
 
-    Not donated, so ``state`` (the initial state) can start any number of steps.
+
+class LoopStep:
+    """The train step exactly as ``train_and_evaluate`` compiles it for ``tiny_sfs_config()``.
+
+    Same task, optimizer (``make_optimizer``: AdamW b2 0.98, no weight decay, clip 1.0,
+    lr 3e-3 after a 2-step warmup, constant), mesh, shardings, donation and batch shape,
+    so the XLA program is the one the loop tests run, compiled once per session (the
+    conftest compilation cache). ``accumulated`` is the same with ``grad_accum_steps=2``.
     """
 
-    def __init__(self) -> None:
-        model = SFSModel(model_config("tiny"), rngs=nnx.Rngs(0))
-        self.graphdef, self.state = nnx.split((model, nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)))
-        make = lambda accum: jax.jit(functools.partial(steps.train_step, loss_fn=steps.sfs_loss,
-                                                       grad_accum_steps=accum))
+    def __init__(self, dataset_dir: Path) -> None:
+        self.config = tiny_sfs_config()
+        self.task = sfs_task(self.config, dataset_dir)
+        self.mesh = train_lib.make_mesh()
+        self.graphdef, state, _ = train_lib.init_state(self.task, self.config, self.mesh)
+        self._initial_host = jax.device_get(state)
+        make = lambda accum: jax.jit(functools.partial(steps.train_step, loss_fn=self.task.loss_fn,
+                                                       grad_accum_steps=accum), donate_argnums=1)
         self.full, self.accumulated = make(1), make(2)
+        self.batch = train_lib._numeric(next(self.task.make_train_iterator(self.config.train.seed)))
+
+    def initial_state(self) -> nnx.State:
+        """Fresh buffers of the initial (model, optimizer) state (the step donates its input)."""
+        return jax.device_put(self._initial_host, NamedSharding(self.mesh, P()))
+
+    def __call__(self, step_fn: Any, state: nnx.State, batch: Batch, step: int
+                 ) -> tuple[nnx.State, dict[str, np.ndarray]]:
+        key = jax.random.fold_in(jax.random.key(self.config.train.seed), step)
+        state, metrics = step_fn(self.graphdef, state, train_lib.shard_batch(batch, self.mesh), key,
+                                 jnp.asarray(step, jnp.int32))
+        return state, jax.device_get(metrics)
 
 
 @pytest.fixture(scope="module")
-def adam_steps() -> AdamSteps:
-    return AdamSteps()
+def loop_step(tiny_synthetic_dataset: Path) -> LoopStep:
+    return LoopStep(tiny_synthetic_dataset)
 
 
-def test_overfits_one_batch(batch: Batch, adam_steps: AdamSteps) -> None:
-    """60 Adam steps (lr 3e-3) on one fixed batch of 4 cut the loss by more than 3x (measured: ~6x)."""
-    state, losses = adam_steps.state, []
+def test_overfits_one_batch(loop_step: LoopStep) -> None:
+    """60 steps on one fixed batch of 4 (the loop's AdamW, lr 3e-3) cut the loss by more than 3x.
+
+    Measured: about 6x (see the printed line).
+    """
+    state, losses = loop_step.initial_state(), []
     for i in range(60):
-        state, metrics = adam_steps.full(adam_steps.graphdef, state, batch, jax.random.key(0), jnp.asarray(i))
+        state, metrics = loop_step(loop_step.full, state, loop_step.batch, i)
         losses.append(float(metrics["loss"]))
     print(f"overfit: loss {losses[0]:.3f} -> {losses[-1]:.3f} (x{losses[0] / losses[-1]:.2f})")
     assert np.all(np.isfinite(losses))
     assert losses[-1] < losses[0] / 3, losses
 
 
-def _first_step_gradient(adam_steps: AdamSteps, step_fn: Any, batch: Batch
+def _first_step_gradient(loop_step: LoopStep, step_fn: Any, batch: Batch
                          ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
-    """The gradient one step applied, read from Adam's first moment (mu = (1 - b1) g after step 1)."""
-    new_state, metrics = step_fn(adam_steps.graphdef, adam_steps.state, batch, jax.random.key(0), jnp.asarray(0))
-    flat = jax.tree_util.tree_flatten_with_path(new_state[1])[0]
-    mu = [np.asarray(leaf) for path, leaf in flat if "mu" in jax.tree_util.keystr(path)]
-    assert len(mu) == len(jax.tree.leaves(nnx.filter_state(new_state[0], nnx.Param)))
-    return [m / 0.1 for m in mu], jax.device_get(metrics)
+    """The gradient of one step from the initial state, read back from the optimizer state.
+
+    After one step Adam's first moment is mu = (1 - b1) * clip(g), and clipping by global
+    norm 1 divided g by its norm (``grad_norm``, logged before clipping) when above 1.
+    """
+    state, metrics = loop_step(step_fn, loop_step.initial_state(), batch, 0)
+    flat = jax.tree_util.tree_flatten_with_path(state[1])[0]
+    mu = [np.asarray(leaf, np.float64) for path, leaf in flat if "mu" in jax.tree_util.keystr(path)]
+    assert len(mu) == len(jax.tree.leaves(nnx.filter_state(state[0], nnx.Param)))
+    unclip = max(float(metrics["grad_norm"]) / loop_step.config.train.clip_norm, 1.0)
+    return [m / 0.1 * unclip for m in mu], metrics
 
 
-def _same_token_layout(batch: Batch, rows: slice, donor_rows: slice, seed: int) -> Batch:
+def _same_token_layout(batch: Batch, rows: list[int], donor_rows: list[int], seed: int) -> Batch:
     """Rows ``rows`` with new note labels and another example's contexts, token types unchanged.
 
     A different example with exactly the same per-head token counts (types are kept,
@@ -148,6 +175,10 @@ def _same_token_layout(batch: Batch, rows: slice, donor_rows: slice, seed: int) 
     return out
 
 
+def _rows(batch: Batch, rows: list[int]) -> Batch:
+    return {k: v[rows] for k, v in batch.items()}
+
+
 def _concat(*parts: Batch) -> Batch:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
@@ -162,22 +193,23 @@ def _counts(batch: Batch) -> tuple[int, int]:
         TokenType.NOTE)))
 
 
-def test_gradient_accumulation(batch: Batch, adam_steps: AdamSteps) -> None:
+def test_gradient_accumulation(loop_step: LoopStep) -> None:
     """``grad_accum_steps=2`` applies the mean of the two micro-batch gradients.
 
-    Gradients are read back exactly from Adam's first moment after one step.
-    1. Micro-batches with equal per-head token counts (a real half batch and a variant
-       of it with other note labels and contexts): the gradient equals the full-batch
-       one (max |difference| < 1e-5) and the summed metrics are the full batch's.
+    Gradients are read back from the optimizer state after one step (max |difference|
+    asserted < 1e-5 on gradients of size up to ~1).
+    1. Micro-batches with equal per-head token counts (two real rows, then the same rows
+       with other note labels and other rows' contexts): the gradient equals the
+       full-batch one and the summed metrics are the full batch's.
     2. Unequal counts (real rows): the gradient is the mean of the two micro-batches'
        own gradients (each computed as a full batch of that half, duplicated, which has
-       the same per-token means), within 1e-5. It differs from the full-batch gradient,
-       where each head's mean runs over the tokens of the whole batch.
+       the same per-token means). It differs from the full-batch gradient, where each
+       head's mean runs over the tokens of the whole batch.
     """
-    first = {k: v[:2] for k, v in batch.items()}
-    equal_counts = _concat(first, _same_token_layout(batch, slice(0, 2), slice(2, 4), seed=1))
-    full, full_metrics = _first_step_gradient(adam_steps, adam_steps.full, equal_counts)
-    accumulated, accum_metrics = _first_step_gradient(adam_steps, adam_steps.accumulated, equal_counts)
+    batch = loop_step.batch
+    equal_counts = _concat(_rows(batch, [0, 1]), _same_token_layout(batch, [0, 1], [2, 3], seed=1))
+    full, full_metrics = _first_step_gradient(loop_step, loop_step.full, equal_counts)
+    accumulated, accum_metrics = _first_step_gradient(loop_step, loop_step.accumulated, equal_counts)
     assert _max_difference(accumulated, full) < 1e-5, _max_difference(accumulated, full)
     assert max(float(np.max(np.abs(g))) for g in full) > 1e-2
     for name in ("type_count", "pitch_count", "tokens"):
@@ -185,13 +217,15 @@ def test_gradient_accumulation(batch: Batch, adam_steps: AdamSteps) -> None:
     np.testing.assert_allclose(accum_metrics["nll_sum"], full_metrics["nll_sum"], rtol=1e-5)
     np.testing.assert_allclose(accum_metrics["loss"], full_metrics["loss"], rtol=1e-5)
 
-    reordered = {k: v[[0, 2, 1, 3]] for k, v in batch.items()}  # halves with different token counts
-    halves = [{k: v[:2] for k, v in reordered.items()}, {k: v[2:] for k, v in reordered.items()}]
-    assert _counts(halves[0]) != _counts(halves[1]), [_counts(h) for h in halves]
-    half_gradients = [_first_step_gradient(adam_steps, adam_steps.full, _concat(h, h))[0] for h in halves]
+    # Halves with different token counts.
+    order = next(o for o in ([0, 1, 2, 3], [0, 2, 1, 3], [0, 3, 1, 2])
+                 if _counts(_rows(batch, o[:2])) != _counts(_rows(batch, o[2:])))
+    reordered = _rows(batch, order)
+    halves = [_rows(reordered, [0, 1]), _rows(reordered, [2, 3])]
+    half_gradients = [_first_step_gradient(loop_step, loop_step.full, _concat(h, h))[0] for h in halves]
     mean_of_halves = [(a + b) / 2 for a, b in zip(*half_gradients, strict=True)]
-    accumulated, _ = _first_step_gradient(adam_steps, adam_steps.accumulated, reordered)
-    full, _ = _first_step_gradient(adam_steps, adam_steps.full, reordered)
+    accumulated, _ = _first_step_gradient(loop_step, loop_step.accumulated, reordered)
+    full, _ = _first_step_gradient(loop_step, loop_step.full, reordered)
     assert _max_difference(accumulated, mean_of_halves) < 1e-5, _max_difference(accumulated, mean_of_halves)
     gap = _max_difference(accumulated, full)
     print(f"accumulation vs full batch, halves with (tokens, notes) {[_counts(h) for h in halves]}: "
@@ -247,7 +281,7 @@ def run_a(tiny_synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory
     """An uninterrupted 6-step run (checkpoint and validation every 3 steps)."""
     workdir = tmp_path_factory.mktemp("run_a")
     config = tiny_sfs_config()
-    train_and_evaluate(tasks.sfs_task(config, tiny_synthetic_dataset, None), config, workdir)
+    train_and_evaluate(sfs_task(config, tiny_synthetic_dataset), config, workdir)
     return workdir
 
 
@@ -273,12 +307,12 @@ import jax
 from sfs_jax.training import tasks
 from sfs_jax.training.metrics_writer import read_metrics
 from sfs_jax.training.train import train_and_evaluate
-from tests.test_train import tiny_sfs_config
+from tests.test_train import sfs_task, tiny_sfs_config
 
 dataset, workdir = sys.argv[1:3]
 # 3 steps: with 2 warmup steps the first three losses do not depend on num_steps.
 config = tiny_sfs_config(num_steps=3, checkpoint_every=100, eval_every=100)
-task = dataclasses.replace(tasks.sfs_task(config, dataset, None), make_eval_iterator=lambda: None)
+task = dataclasses.replace(sfs_task(config, dataset), make_eval_iterator=lambda: None)
 train_and_evaluate(task, config, workdir)
 losses = [row["loss"] for row in read_metrics(workdir, "train")]
 print("RESULT " + json.dumps({"device_count": jax.device_count(), "losses": losses}))
@@ -296,13 +330,13 @@ def test_resume_is_exact(run_a: Path, tiny_synthetic_dataset: Path, tmp_path: Pa
     step with the lower validation loss.
     """
     config = tiny_sfs_config()
-    task = tasks.sfs_task(config, tiny_synthetic_dataset, None)
+    task = sfs_task(config, tiny_synthetic_dataset)
     killed = dataclasses.replace(task, make_train_iterator=lambda seed: StopAfter(task.make_train_iterator(seed), 3))
     with pytest.raises(Interrupted):
         train_and_evaluate(killed, config, tmp_path)
     assert _step_dirs(tmp_path / "checkpoints") == [3]
     assert [row["step"] for row in read_metrics(tmp_path, "train")] == [1, 2, 3]
-    train_and_evaluate(tasks.sfs_task(config, tiny_synthetic_dataset, None), config, tmp_path)
+    train_and_evaluate(sfs_task(config, tiny_synthetic_dataset), config, tmp_path)
 
     for split, expected_steps in (("train", [1, 2, 3, 4, 5, 6]), ("validation", [3, 6])):
         rows_a, rows_b = read_metrics(run_a, split), read_metrics(tmp_path, split)
@@ -330,25 +364,39 @@ def test_resume_is_exact(run_a: Path, tiny_synthetic_dataset: Path, tmp_path: Pa
         assert read_meta(workdir)["step"] == min(validation, key=validation.get)
 
 
-def nan_at_step_2(model: nnx.Module, batch: dict[str, jax.Array], key: jax.Array, step: jax.Array
-                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """``sfs_loss``, but NaN (loss, gradients, hence parameters) at the second step (index 1)."""
-    loss, metrics = steps.sfs_loss(model, batch, key, step)
-    poison = jnp.where(step == 1, jnp.nan, 1.0)
-    return loss * poison, {**metrics, "loss": metrics["loss"] * poison}
+class PoisonSecondBatch(StopAfter):
+    """Serves the batches unchanged except the second, whose bar embeddings are NaN.
+
+    NaN embeddings of known bars make G, hence the loss, the gradients and (after the
+    update) the parameters NaN, the way a corrupt input would; the train step itself is
+    the one every other loop test compiles.
+    """
+
+    def __init__(self, iterator: Any) -> None:
+        super().__init__(iterator, n=-1)
+
+    def __next__(self) -> Batch:
+        batch = next(self.iterator)
+        self.served += 1
+        if self.served == 2:
+            assert np.any(batch["bar_known"]), "NaNs in unknown bars only would be (rightly) ignored"
+            batch = {**batch, "bar_embedding": np.full_like(batch["bar_embedding"], np.nan)}
+        return batch
 
 
 @pytest.mark.parametrize("log_every", [1, 3])
 def test_nan_guard_keeps_the_last_good_checkpoint(log_every: int, tiny_synthetic_dataset: Path,
                                                   tmp_path: Path) -> None:
-    """A NaN at step 2 raises NonFiniteLossError; the latest checkpoint is step 1 and finite.
+    """A NaN loss at step 2 raises NonFiniteLossError; the latest checkpoint is step 1 and finite.
 
     Checkpoints are due every step; with ``log_every=3`` the NaN happens between two
     log lines, and the guard must still stop it from being checkpointed (step 2) or
     validated.
     """
     config = tiny_sfs_config(checkpoint_every=1, eval_every=100, log_every=log_every)
-    task = dataclasses.replace(tasks.sfs_task(config, tiny_synthetic_dataset, None), loss_fn=nan_at_step_2)
+    clean = sfs_task(config, tiny_synthetic_dataset)
+    task = dataclasses.replace(clean, make_train_iterator=lambda seed: PoisonSecondBatch(
+        clean.make_train_iterator(seed)))
     with pytest.raises(NonFiniteLossError, match="step 2"):
         train_and_evaluate(task, config, tmp_path)
     checkpoints = Checkpoints(tmp_path)

@@ -257,7 +257,8 @@ def threshold_similarity(ssm_TxT: np.ndarray, config: SSMConfig = SSMConfig()) -
 
     and finally S'[i, i] = 1 (MusDr's ``normalization_properties_SSM``: the trivial
     self-path of every segment scores exactly its length). If max S = θ (every kept
-    cell equal) the kept cells are 1.
+    cell equal, e.g. a silent song's all-zero matrix) the kept cells keep their value,
+    as in the SM Toolbox, which skips the scaling then.
     """
     ssm_TxT = np.asarray(ssm_TxT, np.float64)
     values = ssm_TxT.reshape(-1)
@@ -268,7 +269,7 @@ def threshold_similarity(ssm_TxT: np.ndarray, config: SSMConfig = SSMConfig()) -
         theta = np.partition(values, k)[k]
         keep_TxT = ssm_TxT >= theta
         top = ssm_TxT.max()
-        scaled_TxT = (ssm_TxT - theta) / (top - theta) if top > theta else np.ones_like(ssm_TxT)
+        scaled_TxT = (ssm_TxT - theta) / (top - theta) if top > theta else ssm_TxT
         out_TxT = np.where(keep_TxT, scaled_TxT, config.penalty)
     np.fill_diagonal(out_TxT, 1.0)
     return out_TxT
@@ -337,6 +338,9 @@ def _family_scores(increments_TxP: np.ndarray, packing: _Packing, first_start: i
     """
     n_frames = increments_TxP.shape[0]
     width = int(lengths_L.max()) + 1
+    last_column = first_start + (width - 2) + (n_starts - 1) * step
+    if first_start < 0 or last_column >= increments_TxP.shape[1]:  # as_strided does not check
+        raise ValueError(f"segments reach column {last_column}, outside [0, {increments_TxP.shape[1]})")
     row_stride, item = increments_TxP.strides
     # inc_TxWxG[n, m, g] = increments[n, first_start + m + g * step]  (a view, no copy)
     inc_TxWxG = as_strided(increments_TxP[:, first_start:], shape=(n_frames, width - 1, n_starts),
@@ -461,9 +465,9 @@ def _grid_batches(n_frames: int, grid: ScapeGrid, max_width_ratio: float = 1.3,
                   max_cells: int = 1 << 18) -> list[tuple[int, np.ndarray]]:
     """(step, lengths) batches covering the evaluation grid; each batch shares one start grid.
 
-    Lengths with the same step are grouped while the longest is at most
-    ``max_width_ratio`` times the shortest (padding waste) and a row of the batch has at
-    most ``max_cells`` cells (cache size).
+    Lengths with the same step are grouped while longest + 1 <= ``max_width_ratio`` *
+    (shortest + 1) + 2 (every segment is padded to the longest) and a row of the batch
+    has at most ``max_cells`` cells (cache size).
     """
     by_step: dict[int, list[int]] = {}
     length = 1

@@ -112,6 +112,9 @@ class SamplingConfig:
         return override if override is not None else HeadSampling(self.temperature, self.top_p, self.top_k)
 
 
+_REPLAY_CONFIG = SamplingConfig(temperature=0.0)  # forced tokens ignore their draws; argmax is the cheapest
+
+
 # ---------------------------------------------------------------------------
 # State
 # ---------------------------------------------------------------------------
@@ -348,10 +351,40 @@ def _prefix_buffer(batch: Mapping[str, jax.Array], prefix_len_B: jax.Array, max_
     return jnp.pad(tokens_BxTx4, ((0, 0), (0, 0), (0, 1))).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("max_tokens", "use_cache"))
+def _frames_from_types(type_BxT: jax.Array) -> jax.Array:
+    """``tokenizer.frames_from_types`` on device: FRAME/NOTE -> FRAMEs so far - 1, END -> count, PAD -> 0."""
+    frames_BxT = jnp.cumsum(type_BxT == _FRAME, axis=1) - 1 + (type_BxT == _END)
+    return jnp.where(type_BxT == _PAD, 0, frames_BxT).astype(jnp.int32)
+
+
+def _prefill(model: nnx.Module, state: SamplerState) -> SamplerState:
+    """Runs the forced prefix through ``Decoder.prefill`` in one parallel pass, filling the cache.
+
+    Then the first min(prefix_len) tokens are replayed through ``choose_token`` and
+    ``advance`` on the pass's hidden states (heads only), so the state is exactly
+    what forcing them one step at a time gives; longer prefixes continue as forced
+    steps. A sliding window (SFS.md section 4) thus costs about its new bar, not
+    all of its bars.
+    """
+    window = state.window
+    tokens_BxTx5 = state.tokens_BxTx5.at[..., FRAME].set(_frames_from_types(state.tokens_BxTx5[..., TYPE]))
+    fields = _target_fields(tokens_BxTx5, window)
+    batch = {**window.batch, **{f"target_{name}": value for name, value in fields.items()}}
+    h_BxTxD, cache = model.decoder.prefill(batch, window.context_BxSxD, window.per_bar_BxGxD, model.visible_slots)
+    n_forced = jnp.min(window.prefix_len_B)
+
+    def forced_token(s: SamplerState) -> SamplerState:
+        h_BxD = jax.lax.dynamic_index_in_dim(h_BxTxD, s.step, axis=1, keepdims=False)
+        return advance(s, *choose_token(model.decoder.heads, h_BxD, s, _REPLAY_CONFIG), s.cache)
+
+    return jax.lax.while_loop(lambda s: s.step < n_forced, forced_token, state.replace(cache=cache))
+
+
+@functools.partial(jax.jit, static_argnames=("max_tokens", "use_cache", "prefill"))
 def _start(graphdef: nnx.GraphDef, params: nnx.State, batch: dict[str, jax.Array], n_frames_B: jax.Array,
-           prefix_len_B: jax.Array, key: jax.Array, *, max_tokens: int, use_cache: bool) -> SamplerState:
-    """Encodes contexts and G once, precomputes cross-attention keys/values, allocates the cache."""
+           prefix_len_B: jax.Array, key: jax.Array, *, max_tokens: int, use_cache: bool,
+           prefill: bool) -> SamplerState:
+    """Encodes contexts and G once, precomputes cross-attention keys/values, allocates or prefills the cache."""
     model = nnx.merge(graphdef, params)
     decoder = model.decoder
     batch_size = n_frames_B.shape[0]
@@ -361,15 +394,16 @@ def _start(graphdef: nnx.GraphDef, params: nnx.State, batch: dict[str, jax.Array
     use_kv = use_cache and context_BxSxD is not None
     window = Window(
         batch={k: batch[k] for k in _WINDOW_KEYS}, context_BxSxD=context_BxSxD,
-        context_kv=(decoder.context_keys_values(context_BxSxD if use_kv else None, batch)),
+        context_kv=decoder.context_keys_values(context_BxSxD if use_kv else None, batch),
         cross_mask_Bx1xS=cross_mask, per_bar_BxGxD=model.global_bars(batch),
         n_frames_B=n_frames_B.astype(jnp.int32), prefix_len_B=prefix_len_B.astype(jnp.int32))
-    return SamplerState(
+    state = SamplerState(
         step=jnp.zeros((), jnp.int32), tokens_BxTx5=_prefix_buffer(batch, window.prefix_len_B, max_tokens),
         logprob_BxT=jnp.zeros((batch_size, max_tokens), jnp.float32),
         frames_emitted_B=jnp.zeros(batch_size, jnp.int32), last_pitch_B=jnp.full(batch_size, _NO_PITCH, jnp.int32),
         done_B=jnp.zeros(batch_size, bool), key=key,
         cache=decoder.init_cache(batch_size, max_tokens) if use_cache else (), window=window)
+    return _prefill(model, state) if prefill and use_cache else state
 
 
 @functools.partial(jax.jit, static_argnames=("config",), donate_argnames=("state",))
@@ -429,13 +463,16 @@ class SegmentSampler:
         self.config = config or SamplingConfig()
 
     def start(self, batch: Mapping[str, np.ndarray], key: jax.Array, n_frames_B: np.ndarray | int | None = None,
-              prefix_len_B: np.ndarray | int | None = None, *, use_cache: bool = True) -> SamplerState:
+              prefix_len_B: np.ndarray | int | None = None, *, use_cache: bool = True,
+              prefill: bool = True) -> SamplerState:
         """The initial state of B windows (a batch in ``loader.collate``'s format).
 
         ``n_frames_B`` defaults to the batch's ``n_beats`` (8 frames per beat);
         ``prefix_len_B`` (default 0) target tokens of each row are forced, e.g. the
         bars already generated in a sliding 8-bar window (SFS.md section 4), or a
-        fixed beginning when a segment is regenerated.
+        fixed beginning when a segment is regenerated. With ``prefill`` the prefix
+        goes through the decoder in one parallel pass (state.step = min prefix_len
+        afterwards); without, token by token like sampled tokens.
         """
         batch_size, target_len = np.shape(batch["target_type"])
         max_tokens = self.config.max_tokens or target_len
@@ -450,7 +487,7 @@ class SegmentSampler:
                              f"or max_tokens {max_tokens}")
         inputs = {k: jnp.asarray(batch[k]) for k in _INPUT_KEYS}
         return _start(self.graphdef, self.params, inputs, jnp.asarray(n_frames), jnp.asarray(prefix_len), key,
-                      max_tokens=max_tokens, use_cache=use_cache)
+                      max_tokens=max_tokens, use_cache=use_cache, prefill=prefill and bool(prefix_len.min() > 0))
 
     def sample_chunk(self, state: SamplerState, n_steps: int) -> SamplerState:
         """Up to ``n_steps`` more tokens per row (the given state is donated: use the returned one)."""
@@ -460,8 +497,9 @@ class SegmentSampler:
         """Yields (state, new tokens Bx(<=chunk)x5) after each chunk until every row is done.
 
         The host sees tokens once per chunk, not per token; stopping the iteration
-        cancels the rest of the window.
+        cancels the rest of the window. ``chunk_tokens`` <= 0: the whole window in one chunk.
         """
+        chunk_tokens = chunk_tokens if chunk_tokens > 0 else state.max_tokens
         while int(state.step) < state.max_tokens and not bool(jnp.all(state.done_B)):
             begin = int(state.step)
             state = self.sample_chunk(state, chunk_tokens)
