@@ -118,14 +118,14 @@ def _teacher_forced_logits(graphdef, params, batch):
 
 
 @pytest.mark.parametrize("flat", [False, True], ids=["sfs", "flat"])
-def test_forward_equivalence(batch, flat):
+def test_forward_equivalence(model, batch, flat):
     """Decoder.step token by token gives the teacher-forced logits at every real position.
 
     Covers every frame boundary of three rows of different lengths, the contexts
     (cross-attention keys/values computed once) and G; the Flat model has neither.
     """
-    config = model_config("tiny")
-    model = SFSModel(flat_config(config) if flat else config, rngs=nnx.Rngs(1))
+    if flat:
+        model = SFSModel(flat_config(model_config("tiny")), rngs=nnx.Rngs(1))
     jbatch = {k: jnp.asarray(v) for k, v in batch.items()}
     expected = _teacher_forced_logits(*nnx.split(model), jbatch)
     got = _stepwise_logits(*nnx.split(model), jbatch)
@@ -226,15 +226,15 @@ def test_type_and_pitch_masks():
     """Rows: first token; mid-frame; top pitch reached; last frame; budget exhausted for notes."""
     state = _state_for_masks(frames_emitted=[0, 3, 3, 8, 5], last_pitch=[20, 60, MAX_PITCH, 70, 20],
                              n_frames=[8, 8, 8, 8, 8], step=10, max_tokens=14)
-    allowed = np.asarray(segment.type_mask(state))  # columns PAD, FRAME, NOTE, END
+    allowed = np.asarray(jax.jit(segment.type_mask)(state))  # columns PAD, FRAME, NOTE, END
     np.testing.assert_array_equal(allowed, [[0, 1, 0, 0],   # only FRAME first
                                             [0, 1, 0, 0],   # 5 FRAMEs + END need 6 of the 4 left: no NOTE
                                             [0, 1, 0, 0],   # nothing above 108
                                             [0, 0, 1, 1],   # last frame: its notes or END, never FRAME
                                             [0, 1, 0, 0]])  # 3 FRAMEs + END need all 4 tokens left
     roomy = _state_for_masks([3, 8], [60, 70], [8, 8], step=0, max_tokens=100)
-    np.testing.assert_array_equal(np.asarray(segment.type_mask(roomy)), [[0, 1, 1, 0], [0, 0, 1, 1]])
-    pitches = np.asarray(segment.pitch_mask(jnp.asarray([20, 60, MAX_PITCH])))
+    np.testing.assert_array_equal(np.asarray(jax.jit(segment.type_mask)(roomy)), [[0, 1, 1, 0], [0, 0, 1, 1]])
+    pitches = np.asarray(jax.jit(segment.pitch_mask)(jnp.asarray([20, 60, MAX_PITCH])))
     assert pitches[0].all() and not pitches[2].any()
     assert np.flatnonzero(pitches[1])[0] + MIN_PITCH == 61
 
@@ -359,3 +359,5 @@ def test_start_refuses_impossible_windows(model, batch):
         sampler.start(batch, jax.random.key(0), 64)  # 64 FRAMEs + END do not fit in 64 tokens
     with pytest.raises(ValueError, match="prefix_len"):
         sampler.start(batch, jax.random.key(0), 32, prefix_len_B=65)
+    with pytest.raises(ValueError, match="remaining FRAMEs"):  # 63 FRAMEs + END fit, not after 40 real tokens
+        sampler.start(batch, jax.random.key(0), 63, prefix_len_B=40)

@@ -485,6 +485,12 @@ class SegmentSampler:
         if np.any(prefix_len > min(max_tokens, target_len)):
             raise ValueError(f"prefix_len {prefix_len.tolist()} exceeds the target length {target_len} "
                              f"or max_tokens {max_tokens}")
+        in_prefix_BxT = np.arange(target_len)[None, :] < prefix_len[:, None]
+        prefix_frames = np.sum(in_prefix_BxT & (np.asarray(batch["target_type"]) == _FRAME), axis=1)
+        needed = prefix_len + np.maximum(n_frames - prefix_frames, 0) + 1
+        if np.any(needed > max_tokens):
+            raise ValueError(f"after the prefixes, the remaining FRAMEs and END need {needed.tolist()} tokens, "
+                             f"more than max_tokens={max_tokens}")
         inputs = {k: jnp.asarray(batch[k]) for k in _INPUT_KEYS}
         return _start(self.graphdef, self.params, inputs, jnp.asarray(n_frames), jnp.asarray(prefix_len), key,
                       max_tokens=max_tokens, use_cache=use_cache, prefill=prefill and bool(prefix_len.min() > 0))

@@ -1,0 +1,209 @@
+"""The HTTP API and the browser app's static files (``create_app``).
+
+Place in the data flow: browser <-> here <-> ``worker`` (the model). Every request
+is checked completely (``schemas``, ``plan``) before a job exists or a byte
+streams, and refused with a 422 whose ``detail`` reads as a sentence; the song the
+browser holds is never touched by a refusal. ``/api/generate`` answers with NDJSON,
+one event per line, and always ends with ``done``, ``cancelled`` or ``error``. A
+client that goes away cancels its job (the stream's ``finally``), so an abandoned
+request never keeps the model busy.
+
+API:
+  GET    /api/info             model warm?, queue, limits, presets, defaults
+  POST   /api/order            default order of "fill empty segments"
+  POST   /api/generate         NDJSON events: start, running, context, note, segment_done, done|cancelled|error
+  GET    /api/jobs/{id}        a job's state
+  DELETE /api/jobs/{id}        cancel a job
+  POST   /api/midi/import      MIDI bytes -> notes, tempo, structure from markers
+  POST   /api/midi/export      song JSON -> MIDI bytes (tempo, 4/4, one marker per segment, seed flagged)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sfs_jax.music import notes as notes_lib
+from sfs_jax.music.structure import MAX_SONG_BARS
+from sfs_jax.sampling.composer import Composer
+from sfs_jax.serving import midi_files
+from sfs_jax.serving.plan import build_plan, fill_order
+from sfs_jax.serving.schemas import GenerateIn, InvalidRequest, Limits, OrderIn, SamplingIn, SongIn, validate_song
+from sfs_jax.serving.worker import TERMINAL_EVENTS, Job, ModelWorker, QueueFull, WorkerUnavailable
+
+STATIC_DIR = Path(__file__).parent / "static"
+# The test protocol's structures (SFS.md section 5), offered as presets by the app.
+PAPER_STRUCTURES = ("A8B16C8D8E8", "A4B8C8D8B8C16E8", "A8B8C4B8D8B8E4", "A4B8C8A8C8A8D8")
+_POLL_S = 1.0  # how often a quiet stream checks that the worker is still alive
+
+
+class BodyLimit:
+    """Refuses bodies above ``max_bytes`` (declared or streamed) with a 422, before any parsing."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    def _message(self, size: int | None) -> str:
+        if size is None:
+            return f"the request body is larger than the limit of {self.max_bytes} bytes"
+        return f"the request body has {size} bytes, more than the limit of {self.max_bytes} bytes"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await JSONResponse({"detail": self._message(int(declared))}, 422)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(422, self._message(None))
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _location(loc: tuple) -> str:
+    """('body', 'notes', 3, 1) -> 'notes[3][1]'."""
+    text = ""
+    for part in loc[1:] if loc and loc[0] == "body" else loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "body"
+
+
+def _readable(err: RequestValidationError) -> JSONResponse:
+    messages = [f"{_location(tuple(e.get('loc', ())))}: {e.get('msg', 'invalid')}" for e in err.errors()]
+    return JSONResponse({"detail": messages[0] if messages else "invalid request", "errors": messages}, 422)
+
+
+def _line(event: dict) -> str:
+    return json.dumps(event, separators=(",", ":")) + "\n"
+
+
+async def _event_stream(worker: ModelWorker, job: Job, events: asyncio.Queue) -> AsyncIterator[str]:
+    """The job's events as NDJSON lines until its terminal event; leaving early cancels the job."""
+    try:
+        while True:
+            try:
+                event = await asyncio.wait_for(events.get(), timeout=_POLL_S)
+            except TimeoutError:
+                if not worker.alive and not job.finished:
+                    yield _line({"event": "error", "job": job.id, "message": "the model worker stopped"})
+                    return
+                continue
+            yield _line(event)
+            if event["event"] in TERMINAL_EVENTS:
+                return
+    finally:
+        if not job.finished:
+            worker.cancel(job.id, "the client disconnected")
+
+
+def create_app(composer: Composer | Callable[[], Composer], *, queue_size: int = 4, limits: Limits | None = None,
+               warm_structure: str | None = None, static_dir: Path = STATIC_DIR) -> FastAPI:
+    """The app with its own worker; ``composer`` may be a factory, called on the worker thread at start-up.
+
+    The worker starts and compiles when the app starts (lifespan) and stops with it.
+    """
+    limits = limits or Limits()
+    worker = ModelWorker(composer, queue_size=queue_size, warm_structure=warm_structure)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        worker.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(worker.stop)
+
+    app = FastAPI(title="sfs-jax co-creation", lifespan=lifespan)
+    app.state.worker = worker
+    app.state.limits = limits
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+
+    @app.exception_handler(InvalidRequest)
+    async def invalid(_: Request, err: InvalidRequest) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, 422)
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed(_: Request, err: RequestValidationError) -> JSONResponse:
+        return _readable(err)
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(_: Request, err: QueueFull) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, 429, headers={"Retry-After": "1"})
+
+    @app.exception_handler(WorkerUnavailable)
+    async def unavailable(_: Request, err: WorkerUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, 503)
+
+    @app.get("/api/info")
+    def info() -> dict:
+        return {**worker.info(), "limits": dataclasses.asdict(limits), "max_song_bars": MAX_SONG_BARS,
+                "frames_per_beat": notes_lib.FRAMES_PER_BEAT, "beats_per_bar": notes_lib.BEATS_PER_BAR,
+                "pitch_range": [notes_lib.MIN_PITCH, notes_lib.MAX_PITCH], "presets": list(PAPER_STRUCTURES),
+                "sampling_defaults": SamplingIn().model_dump()}
+
+    @app.post("/api/order")
+    def order(body: OrderIn) -> dict:
+        return {"order": fill_order(body, limits)}
+
+    @app.post("/api/generate")
+    async def generate(body: GenerateIn) -> StreamingResponse:
+        plan = await run_in_threadpool(build_plan, body, limits)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        job = worker.submit(plan, lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+        return StreamingResponse(_event_stream(worker, job, events), media_type="application/x-ndjson",
+                                 headers={"Cache-Control": "no-store", "X-Job-Id": job.id})
+
+    def _job_json(job: Job) -> dict:
+        return {"job": job.id, "state": job.state, "cancel_reason": job.cancel_reason or None}
+
+    @app.get("/api/jobs/{job_id}")
+    def job_state(job_id: str) -> dict:
+        job = worker.job(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id!r} (unknown or long finished)")
+        return _job_json(job)
+
+    @app.delete("/api/jobs/{job_id}")
+    def cancel_job(job_id: str) -> dict:
+        job = worker.cancel(job_id, "cancelled by the user")
+        if job is None:
+            raise HTTPException(404, f"no job {job_id!r} (unknown or long finished)")
+        return _job_json(job)
+
+    @app.post("/api/midi/import")
+    async def midi_import(request: Request) -> dict:
+        data = await request.body()
+        imported = await run_in_threadpool(midi_files.import_midi, data, limits)
+        return imported.to_json()
+
+    @app.post("/api/midi/export")
+    async def midi_export(body: SongIn) -> Response:
+        song = await run_in_threadpool(validate_song, body, limits)
+        data = await run_in_threadpool(midi_files.export_midi, song)
+        return Response(data, media_type="audio/midi",
+                        headers={"Content-Disposition": 'attachment; filename="song.mid"'})
+
+    app.mount("/", StaticFiles(directory=static_dir, html=True), name="app")
+    return app
