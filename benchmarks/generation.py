@@ -9,12 +9,16 @@ with its contexts and random bar embeddings, through ``make_example`` and
 ``collate`` (target bucket ``--max_tokens``), replicated over the batch.
 
 What is timed: one call from the batch to the last token (context encoding, G,
-cross-attention keys/values, then every token), after a warm-up call that
-compiles; median over ``--repeats`` calls with fresh keys. By default the window's
+cross-attention keys/values, then every token), after a warm-up round that
+compiles; median over ``--repeats`` rounds, each calling every sampler once in
+turn with the round's key, so background load on a shared machine hits them
+alike (wall and process CPU time are both printed). By default the window's
 real tokens are forced as a prefix (``--force_real_window``), so every call
-generates exactly that song's token count; a forced token costs what a sampled one
-does (all four heads run and draw, then the given value is kept). Without it the
-random model samples freely (it writes notes until the budget binds).
+generates exactly that song's token count; forced tokens go through the same
+cached decoding step as sampled ones (the prefill, which would run them in one
+parallel pass, is switched off) and cost what a sampled token does (all four heads
+run and draw, then the given value is kept). Without it the random model samples
+freely (it writes notes until the budget binds).
 beats/s = frames generated / 8 / seconds, summed over the batch (SFS.md section 4:
 the original reaches 2.03 beats/s on an RTX 4090).
 
@@ -29,6 +33,7 @@ speed-up is the ratio of seconds per token on the same token sequence.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -79,15 +84,42 @@ def replicate(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.nda
     return {k: np.repeat(v, batch_size, axis=0) if np.ndim(v) else v for k, v in batch.items()}
 
 
-def timed(run: Callable[[jax.Array], SamplerState], repeats: int) -> tuple[float, float, SamplerState]:
-    """(first call s, median of the timed calls s, last state); each call gets its own key."""
-    times, state = [], None
+@dataclasses.dataclass
+class Timing:
+    """Wall and process-CPU seconds of each call of one runner; call 0 compiles."""
+
+    wall_s: list[float] = dataclasses.field(default_factory=list)
+    cpu_s: list[float] = dataclasses.field(default_factory=list)
+    state: SamplerState | None = None
+
+    def median(self, which: str) -> float:
+        return statistics.median(getattr(self, which)[1:])
+
+
+def time_interleaved(runners: dict[tuple[str, int], Callable[[jax.Array], SamplerState]],
+                     repeats: int) -> dict[tuple[str, int], Timing]:
+    """Calls every runner once per round (round 0 is the warm-up), each with the round's key.
+
+    Interleaving puts the runners under the same background load, so their ratio
+    holds on a shared machine even when absolute times drift.
+    """
+    timings = {name: Timing() for name in runners}
     for call in range(repeats + 1):
-        start = time.perf_counter()
-        state = run(jax.random.key(call))
-        jax.block_until_ready(state.tokens_BxTx5)
-        times.append(time.perf_counter() - start)
-    return times[0], statistics.median(times[1:]), state
+        for name, run in runners.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            state = run(jax.random.key(call))
+            jax.block_until_ready(state.tokens_BxTx5)
+            timings[name].wall_s.append(time.perf_counter() - wall)
+            timings[name].cpu_s.append(time.process_time() - cpu)
+            timings[name].state = state
+    return timings
+
+
+def decode_window(sampler: SegmentSampler, batch: dict[str, np.ndarray], key: jax.Array, n_frames: int,
+                  prefix_len: int) -> SamplerState:
+    """``sample_window`` without the prefill: every token, forced or not, is one cached decoding step."""
+    state = sampler.start(batch, key, n_frames, prefix_len, prefill=False)
+    return sampler.sample_chunk(state, state.max_tokens)
 
 
 def frames_and_tokens(state: SamplerState) -> tuple[int, int]:
@@ -95,21 +127,22 @@ def frames_and_tokens(state: SamplerState) -> tuple[int, int]:
     return int(np.sum(types == int(TokenType.FRAME))), int(np.sum(types != int(TokenType.PAD)))
 
 
-def report(name: str, batch_size: int, first_s: float, median_s: float, state: SamplerState,
-           window: SamplerState) -> float:
-    """Prints one row and returns seconds per loop step (one token of every row).
+def report(name: str, timing: Timing, window: SamplerState) -> tuple[float, float]:
+    """Prints one row; returns (wall, CPU) seconds per loop step (one token of every row).
 
     ``window`` is a complete run on the same inputs: its steps, frames and tokens
     are what one window takes, so a run stopped early is extrapolated to it.
     """
-    step_s = median_s / int(state.step)
+    steps, batch_size = int(timing.state.step), timing.state.tokens_BxTx5.shape[0]
+    step_s, step_cpu_s = timing.median("wall_s") / steps, timing.median("cpu_s") / steps
     window_s = step_s * int(window.step)
     frames, tokens = frames_and_tokens(window)
-    note = "" if int(state.step) == int(window.step) else f", extrapolated from {int(state.step)} steps"
-    print(f"{name:>9} B={batch_size:<3}: {window_s:8.3f} s/window{note}; {tokens / window_s:8.0f} tokens/s; "
-          f"{frames / FRAMES_PER_BEAT / window_s:8.2f} beats/s; {step_s * 1e3:7.2f} ms/step; "
-          f"first call {first_s:.1f} s (compile ~{max(first_s - median_s, 0):.1f} s)")
-    return step_s
+    note = "" if steps == int(window.step) else f" (extrapolated from {steps} steps)"
+    compile_s = max(timing.wall_s[0] - timing.median("wall_s"), 0.0)
+    print(f"{name:>8} B={batch_size:<3}: {window_s:8.3f} s/window{note}, {tokens / window_s:6.0f} tokens/s, "
+          f"{frames / FRAMES_PER_BEAT / window_s:7.2f} beats/s; {step_s * 1e3:7.2f} ms/step wall, "
+          f"{step_cpu_s * 1e3:7.2f} ms/step CPU; first call {timing.wall_s[0]:.1f} s (compile ~{compile_s:.1f} s)")
+    return step_s, step_cpu_s
 
 
 def main(argv: list[str]) -> None:
@@ -128,25 +161,24 @@ def main(argv: list[str]) -> None:
           f"window {_BARS.value} bars = {n_frames} frames, budget {_MAX_TOKENS.value} tokens, "
           f"context {one['context_slot'].shape[1]} slots ({np.count_nonzero(one['context_slot'])} real), "
           f"{'real window forced: ' + str(prefix_len) + ' tokens' if prefix_len else 'sampled freely'}, "
-          f"top_p {sampler.config.top_p}; median of {_REPEATS.value} after a warm-up call")
-    cached = {}
-    for batch_size in (int(b) for b in _BATCH_SIZES.value):
-        batch = replicate(one, batch_size)
-        first, median, state = timed(lambda key, b=batch: sampler.sample_window(b, key, n_frames, prefix_len),
-                                     _REPEATS.value)
-        cached[batch_size] = (report("cached", batch_size, first, median, state, state), state)
-    batch_size = int(_BATCH_SIZES.value[0])
-    per_token_cached, cached_state = cached[batch_size]
-    max_steps = _NO_CACHE_TOKENS.value or None
-    batch = replicate(one, batch_size)
-    first, median, state = timed(
-        lambda key: sampler.sample_window_no_cache(batch, key, n_frames, prefix_len, max_steps=max_steps),
-        _REPEATS.value)
-    per_token_no_cache = report("no cache", batch_size, first, median, state, cached_state)
-    steps = int(state.step)
-    same = np.array_equal(np.asarray(state.tokens_BxTx5)[:, :steps], np.asarray(cached_state.tokens_BxTx5)[:, :steps])
+          f"top_p {sampler.config.top_p}; median of {_REPEATS.value} interleaved rounds after a warm-up round")
+    batch_sizes = [int(b) for b in _BATCH_SIZES.value]
+    batches = {b: replicate(one, b) for b in batch_sizes}
+    runners = {("cached", b): (lambda key, b=b: decode_window(sampler, batches[b], key, n_frames, prefix_len))
+               for b in batch_sizes}
+    first, max_steps = batch_sizes[0], _NO_CACHE_TOKENS.value or None
+    runners[("no cache", first)] = lambda key: sampler.sample_window_no_cache(batches[first], key, n_frames,
+                                                                              prefix_len, max_steps=max_steps)
+    timings = time_interleaved(runners, _REPEATS.value)
+    per_step = {(name, b): report(name, timing, timings[("cached", b)].state) for (name, b), timing in timings.items()}
+    cached_state, no_cache_state = timings[("cached", first)].state, timings[("no cache", first)].state
+    steps = int(no_cache_state.step)
+    same = np.array_equal(np.asarray(no_cache_state.tokens_BxTx5)[:, :steps],
+                          np.asarray(cached_state.tokens_BxTx5)[:, :steps])
     print(f"no-cache tokens equal the cached sampler's (same key, first {steps}): {same}")
-    print(f"speed-up of the cache at B={batch_size}: {per_token_no_cache / per_token_cached:.1f}x (goal >= 20x)")
+    (cached_wall, cached_cpu), (slow_wall, slow_cpu) = per_step[("cached", first)], per_step[("no cache", first)]
+    print(f"speed-up of the cache at B={first}: {slow_wall / cached_wall:.1f}x wall, "
+          f"{slow_cpu / cached_cpu:.1f}x CPU time (goal >= 20x)")
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ def _stepwise_logits(graphdef, params, batch):
     decoder = model.decoder
     batch_size, n_tokens = batch["target_type"].shape
     context = model.encode_context(batch)
-    context_kv = decoder.context_keys_values(context, batch)
+    context_kv = decoder.context_caches(context, batch)
     cross_mask = None if context is None else decoder.cross_mask(batch, model.visible_slots,
                                                                  jnp.ones((batch_size, 1), bool))
     per_bar = model.global_bars(batch)
@@ -283,9 +283,9 @@ def test_prefill_continues_like_stepwise_forcing(model, batch):
     np.testing.assert_allclose(np.asarray(prefilled.logprob_BxT), np.asarray(stepwise.logprob_BxT), atol=1e-4)
     written = int(stepwise.step)  # slots past the last step hold the prefill's padding keys/values: never read
     for layer_p, layer_s in zip(prefilled.cache, stepwise.cache, strict=True):
-        for name in ("k_BxLxHxK", "v_BxLxHxK"):
-            np.testing.assert_allclose(np.asarray(getattr(layer_p, name))[:, :written],
-                                       np.asarray(getattr(layer_s, name))[:, :written], atol=1e-4)
+        for name in ("k_BxHxLxK", "v_BxHxLxK"):
+            np.testing.assert_allclose(np.asarray(getattr(layer_p, name))[:, :, :written],
+                                       np.asarray(getattr(layer_s, name))[:, :, :written], atol=1e-4)
 
 
 def test_greedy_is_the_argmax_path(model, batch):

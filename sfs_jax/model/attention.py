@@ -66,31 +66,63 @@ def padding_mask(query_valid_BxT: jax.Array, key_valid_BxS: jax.Array) -> jax.Ar
 
 @struct.dataclass
 class KVCache:
-    """One self-attention layer's keys/values of the tokens decoded so far (SFS.md section 4).
+    """Keys/values of one attention layer, head-major, for decoding one token at a time (SFS.md section 4).
 
-    Preallocated to the window's token budget L so the sampler's loop has static
-    shapes; token t writes slot t and attends to slots <= t. The original SFS has no
-    cache and re-runs the decoder over the whole prefix for every token.
+    The decoder's self-attention cache is preallocated to the window's token budget
+    L so the sampler's loop has static shapes; token t writes slot t and attends to
+    slots <= t. The original SFS has no cache and re-runs the decoder over the whole
+    prefix for every token. The encoded contexts' cross-attention keys/values use
+    the same container (L = S), computed once per segment.
+
+    Why head-major (BxHxLxK, unlike the BxSxHxK of ``attend``): a one-token query
+    against BxLxHxK makes XLA relayout the whole cache at every step; head-major
+    keys and values feed the two batched matmuls as they are.
     """
 
-    k_BxLxHxK: jax.Array
-    v_BxLxHxK: jax.Array
+    k_BxHxLxK: jax.Array
+    v_BxHxLxK: jax.Array
 
     @classmethod
     def zeros(cls, batch_size: int, max_tokens: int, n_heads: int, head_dim: int, dtype: jnp.dtype) -> KVCache:
-        shape = (batch_size, max_tokens, n_heads, head_dim)
+        shape = (batch_size, n_heads, max_tokens, head_dim)
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+    @classmethod
+    def from_keys_values(cls, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.Array) -> KVCache:
+        """The cache of a whole sequence (a prefill, or the contexts), from ``keys_values``' layout."""
+        return cls(jnp.swapaxes(k_BxLxHxK, 1, 2), jnp.swapaxes(v_BxLxHxK, 1, 2))
 
     def write(self, t: jax.Array, k_Bx1xHxK: jax.Array, v_Bx1xHxK: jax.Array) -> KVCache:
         """The cache with token t's key/value in slot t (all rows decode token t together)."""
-        index = (0, t, 0, 0)
-        return KVCache(jax.lax.dynamic_update_slice(self.k_BxLxHxK, k_Bx1xHxK.astype(self.k_BxLxHxK.dtype), index),
-                       jax.lax.dynamic_update_slice(self.v_BxLxHxK, v_Bx1xHxK.astype(self.v_BxLxHxK.dtype), index))
+        index = (0, 0, t, 0)
+        put = lambda cache, new_Bx1xHxK: jax.lax.dynamic_update_slice(
+            cache, jnp.swapaxes(new_Bx1xHxK, 1, 2).astype(cache.dtype), index)
+        return KVCache(put(self.k_BxHxLxK, k_Bx1xHxK), put(self.v_BxHxLxK, v_Bx1xHxK))
 
     def visible_mask(self, t: jax.Array) -> jax.Array:
         """Bx1xL: the query at token t sees slots 0..t, as ``causal_mask`` row t does."""
-        batch_size, max_tokens = self.k_BxLxHxK.shape[:2]
+        batch_size, _, max_tokens, _ = self.k_BxHxLxK.shape
         return jnp.broadcast_to(jnp.arange(max_tokens) <= t, (batch_size, 1, max_tokens))
+
+    def attend(self, q_BxTxHxK: jax.Array, mask_BxTxL: jax.Array) -> jax.Array:
+        """``attend``'s reference path on the cached keys/values; BxTxHxK, zeros where nothing is visible."""
+        scale = q_BxTxHxK.shape[-1] ** -0.5
+        logits_BxHxTxL = jnp.einsum("bthk,bhsk->bhts", q_BxTxHxK, self.k_BxHxLxK,
+                                    preferred_element_type=jnp.float32) * scale
+        weights_BxHxTxL = _masked_softmax(logits_BxHxTxL, mask_BxTxL)
+        out_BxHxTxK = jnp.einsum("bhts,bhsk->bhtk", weights_BxHxTxL.astype(self.v_BxHxLxK.dtype), self.v_BxHxLxK,
+                                 preferred_element_type=jnp.float32)
+        return _zero_unseen(jnp.swapaxes(out_BxHxTxK, 1, 2), mask_BxTxL, q_BxTxHxK.dtype)
+
+
+def _masked_softmax(logits_BxHxTxS: jax.Array, mask_BxTxS: jax.Array) -> jax.Array:
+    return jax.nn.softmax(jnp.where(mask_BxTxS[:, None], logits_BxHxTxS, NEG_INF), axis=-1)
+
+
+def _zero_unseen(out_BxTxHxK: jax.Array, mask_BxTxS: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    """Rows with no visible key attend to nothing (e.g. a target with no contexts) and give zeros."""
+    any_visible_BxT = jnp.any(mask_BxTxS, axis=-1)
+    return jnp.where(any_visible_BxT[:, :, None, None], out_BxTxHxK, 0).astype(dtype)
 
 
 def _reference_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS) -> jax.Array:
@@ -98,13 +130,16 @@ def _reference_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS) -> jax.Arr
     scale = q_BxTxHxK.shape[-1] ** -0.5
     logits_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK,
                                 preferred_element_type=jnp.float32) * scale
-    logits_BxHxTxS = jnp.where(mask_BxTxS[:, None], logits_BxHxTxS, NEG_INF)
-    weights_BxHxTxS = jax.nn.softmax(logits_BxHxTxS, axis=-1)
+    weights_BxHxTxS = _masked_softmax(logits_BxHxTxS, mask_BxTxS)
     return jnp.einsum("bhts,bshk->bthk", weights_BxHxTxS.astype(v_BxSxHxK.dtype), v_BxSxHxK,
                       preferred_element_type=jnp.float32)
 
 
 def _resolve_implementation(implementation: str, dtype: jnp.dtype, fast_path: FastPath | None) -> str:
+    if implementation == "cudnn" and fast_path is None:
+        # Masks without the fast form (context encoder, G, cross-attention, the KV-cache
+        # step) run the same function through XLA, so "cudnn" works model-wide.
+        return "xla"
     if implementation != "auto":
         return implementation
     on_gpu = jax.default_backend() == "gpu"
@@ -118,7 +153,8 @@ def attend(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array, mas
     """Masked multi-head attention; softmax in fp32; rows with no visible key give zeros.
 
     ``implementation``: "reference" (einsum, any backend), "xla" or "cudnn" (through
-    ``jax.nn.dot_product_attention``; "cudnn" needs ``fast_path``), "auto" picks
+    ``jax.nn.dot_product_attention``; "cudnn" runs masks given a ``fast_path`` on
+    cuDNN and the others through XLA), "auto" picks
     cuDNN flash attention on GPU when the mask has the fast form and the inputs are
     half precision, else the reference path.
     """
@@ -137,8 +173,7 @@ def attend(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array, mas
                                            implementation="xla")
     else:
         raise ValueError(f"unknown attention implementation {impl!r}")
-    any_visible_BxT = jnp.any(mask_BxTxS, axis=-1)
-    return jnp.where(any_visible_BxT[:, :, None, None], out, 0).astype(q_BxTxHxK.dtype)
+    return _zero_unseen(out, mask_BxTxS, q_BxTxHxK.dtype)
 
 
 class MultiHeadAttention(nnx.Module):
@@ -169,7 +204,14 @@ class MultiHeadAttention(nnx.Module):
                   mask_BxTxS: jax.Array, fast_path: FastPath | None = None) -> jax.Array:
         out = attend(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS, fast_path=fast_path,
                      implementation=self.implementation)
-        return self.out(out.reshape(*out.shape[:2], -1))
+        return self._project(out)
+
+    def attend_to_cache(self, q_BxTxHxK: jax.Array, cache: KVCache, mask_BxTxL: jax.Array) -> jax.Array:
+        """``attend_to`` on cached (head-major) keys/values: the sampler's decoding step."""
+        return self._project(cache.attend(q_BxTxHxK, mask_BxTxL))
+
+    def _project(self, out_BxTxHxK: jax.Array) -> jax.Array:
+        return self.out(out_BxTxHxK.reshape(*out_BxTxHxK.shape[:2], -1))
 
     def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, context_BxSxD: jax.Array,
                  context_positions_BxS: jax.Array, mask_BxTxS: jax.Array,

@@ -112,6 +112,11 @@ class Decoder(nnx.Module):
                      else block.cross_attention.keys_values(context, batch["context_song_frame"])
                      for block in self.blocks)
 
+    def context_caches(self, context_BxSxD: jax.Array | None, batch: dict[str, jax.Array]) -> tuple:
+        """``context_keys_values`` as head-major ``KVCache`` per block, the layout ``step`` attends to fastest."""
+        return tuple(None if kv is None else KVCache.from_keys_values(*kv)
+                     for kv in self.context_keys_values(context_BxSxD, batch))
+
     @staticmethod
     def cross_mask(batch: dict[str, jax.Array], visible_slots: tuple[int, ...],
                    query_valid_BxT: jax.Array) -> jax.Array:
@@ -162,7 +167,7 @@ class Decoder(nnx.Module):
         Input t is target token t-1 (``start_inputs`` for t = 0), embedded, placed and
         G-conditioned exactly as ``__call__`` does, so the result equals row t of the
         teacher-forced pass. ``batch`` supplies the per-row scalars only; ``context_kv``
-        and ``cross_mask_Bx1xS`` come from ``context_keys_values`` / ``cross_mask``.
+        and ``cross_mask_Bx1xS`` come from ``context_caches`` / ``cross_mask``.
         """
         x = self.embed_inputs(inputs_Bx1, batch)
         condition = self.input_condition(per_bar_BxGxD, inputs_Bx1, batch)

@@ -60,13 +60,20 @@ class Block(nnx.Module):
         h = self._input(self.self_norm, x_BxTxD, condition_BxTxD)
         keys, values = self.self_attention.keys_values(h, positions_BxT)
         q = self.self_attention.queries(h, positions_BxT)
-        return x_BxTxD + self.self_attention.attend_to(q, keys, values, mask_BxTxT, fast_path), KVCache(keys, values)
+        out = self.self_attention.attend_to(q, keys, values, mask_BxTxT, fast_path)
+        return x_BxTxD + out, KVCache.from_keys_values(keys, values)
 
     def cross_attend(self, x_BxTxD, positions_BxT, context_k, context_v, mask_BxTxS, condition_BxTxD=None):
         """Cross-attention on precomputed context keys/values (computed once per segment)."""
+        return self._cross_attend(x_BxTxD, positions_BxT, (context_k, context_v), mask_BxTxS, condition_BxTxD)
+
+    def _cross_attend(self, x_BxTxD, positions_BxT, context_kv: tuple | KVCache, mask_BxTxS, condition_BxTxD):
+        """``context_kv``: (keys, values) BxSxHxK of a full pass, or the sampler's head-major ``KVCache``."""
         h = self._input(self.cross_norm, x_BxTxD, condition_BxTxD)
         q = self.cross_attention.queries(h, positions_BxT)
-        return x_BxTxD + self.cross_attention.attend_to(q, context_k, context_v, mask_BxTxS)
+        if isinstance(context_kv, KVCache):
+            return x_BxTxD + self.cross_attention.attend_to_cache(q, context_kv, mask_BxTxS)
+        return x_BxTxD + self.cross_attention.attend_to(q, *context_kv, mask_BxTxS)
 
     def feed_forward(self, x_BxTxD, condition_BxTxD=None):
         return x_BxTxD + self.mlp(self._input(self.mlp_norm, x_BxTxD, condition_BxTxD))
@@ -77,13 +84,12 @@ class Block(nnx.Module):
         h = self._input(self.self_norm, x_Bx1xD, condition_Bx1xD)
         cache = cache.write(t, *self.self_attention.keys_values(h, position_Bx1))
         q = self.self_attention.queries(h, position_Bx1)
-        out = self.self_attention.attend_to(q, cache.k_BxLxHxK, cache.v_BxLxHxK, cache.visible_mask(t))
-        return x_Bx1xD + out, cache
+        return x_Bx1xD + self.self_attention.attend_to_cache(q, cache, cache.visible_mask(t)), cache
 
     def _cross_and_feed_forward(self, x_BxTxD, positions_BxT, condition_BxTxD, context_kv, cross_mask_BxTxS):
         """The sublayers after self-attention, shared by the full pass and the cached step."""
         if self.cross_attention is not None and context_kv is not None:
-            x_BxTxD = self.cross_attend(x_BxTxD, positions_BxT, *context_kv, cross_mask_BxTxS, condition_BxTxD)
+            x_BxTxD = self._cross_attend(x_BxTxD, positions_BxT, context_kv, cross_mask_BxTxS, condition_BxTxD)
         return self.feed_forward(x_BxTxD, condition_BxTxD).astype(jnp.float32)
 
     def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask_BxTxT: jax.Array, *,
@@ -109,8 +115,9 @@ class Block(nnx.Module):
                     cross_mask_Bx1xS: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
         """``__call__`` for the single token t of every row, with its self-attention cache.
 
-        ``context_kv`` is this layer's cross-attention (keys, values) of the encoded
-        contexts, computed once per segment (SFS.md section 4: contexts are encoded once).
+        ``context_kv`` is this layer's cross-attention ``KVCache`` of the encoded contexts
+        (``Decoder.context_caches``), computed once per segment (SFS.md section 4:
+        contexts are encoded once); (keys, values) as in ``__call__`` work too.
         """
         x, cache = self.cached_self_attend(x_Bx1xD, position_Bx1, cache, t, condition_Bx1xD)
         return self._cross_and_feed_forward(x, position_Bx1, condition_Bx1xD, context_kv, cross_mask_Bx1xS), cache

@@ -125,8 +125,8 @@ class Window:
     """What conditions the windows, computed once by ``start`` (SFS.md section 4).
 
     ``batch`` holds the per-row scalars and context positions the decoder reads;
-    ``context_kv`` one cross-attention (keys, values) per decoder layer (None
-    entries for the no-cache sampler, which recomputes them like the original).
+    ``context_kv`` one cross-attention ``KVCache`` per decoder layer (None entries
+    for the no-cache sampler, which recomputes them like the original).
     """
 
     batch: dict[str, jax.Array]
@@ -311,9 +311,8 @@ def advance(state: SamplerState, token_Bx5: jax.Array, logprob_B: jax.Array,
     """Writes token t (with its frame, recounted like ``tokenizer.frames_from_types``) and moves on."""
     token_type = token_Bx5[:, TYPE]
     is_frame, is_note, is_end = token_type == _FRAME, token_type == _NOTE, token_type == _END
-    frame_B = jnp.where(is_frame, state.frames_emitted_B,
-                        jnp.where(is_note, state.frames_emitted_B - 1,
-                                  jnp.where(is_end, state.window.n_frames_B, 0)))
+    frame_B = jnp.where(is_frame | is_end, state.frames_emitted_B,
+                        jnp.where(is_note, state.frames_emitted_B - 1, 0))
     token_Bx5 = token_Bx5.at[:, FRAME].set(frame_B)
     t = state.step
     return state.replace(
@@ -394,7 +393,7 @@ def _start(graphdef: nnx.GraphDef, params: nnx.State, batch: dict[str, jax.Array
     use_kv = use_cache and context_BxSxD is not None
     window = Window(
         batch={k: batch[k] for k in _WINDOW_KEYS}, context_BxSxD=context_BxSxD,
-        context_kv=decoder.context_keys_values(context_BxSxD if use_kv else None, batch),
+        context_kv=decoder.context_caches(context_BxSxD if use_kv else None, batch),
         cross_mask_Bx1xS=cross_mask, per_bar_BxGxD=model.global_bars(batch),
         n_frames_B=n_frames_B.astype(jnp.int32), prefix_len_B=prefix_len_B.astype(jnp.int32))
     state = SamplerState(
