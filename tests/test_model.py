@@ -14,7 +14,7 @@ Properties:
   and by gradients (nanodo's test), which also prove rows of a batch are independent;
 - without G the bar embeddings have no effect; the Flat model ignores contexts, G and
   segment positions entirely;
-- the XLA attention path gives the same model as the reference path;
+- the XLA and (FastPath) cuDNN attention paths give the same model as the reference path;
 - the ``paper`` preset has the paper's parameter counts (about 57M + a 33M bar VAE).
 """
 
@@ -33,7 +33,7 @@ from flax import nnx
 
 from sfs_jax.data import loader
 from sfs_jax.data.examples import ExampleConfig
-from sfs_jax.model import bar_vae
+from sfs_jax.model import attention, bar_vae
 from sfs_jax.model.config import ModelConfig, model_config
 from sfs_jax.model.decoder import Decoder
 from sfs_jax.model.flat import flat_config
@@ -86,9 +86,14 @@ class Forward:
         graphdef, state = nnx.split(self.model)
 
         def forward(state: nnx.State, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+            # One decoder pass; the heads are wired as in SFSModel.logits (teacher forcing).
             model = nnx.merge(graphdef, state)
-            loss, _ = steps.sfs_loss(model, batch, jax.random.key(0), jnp.asarray(0))
-            return {"hidden": model(batch), **model.logits(batch), "loss": loss}
+            hidden, heads = model(batch), model.decoder.heads
+            logits = {"type": heads.type_logits(hidden), "pitch": heads.pitch_logits(hidden),
+                      "velocity": heads.velocity_logits(hidden, batch["target_pitch"]),
+                      "duration": heads.duration_logits(hidden, batch["target_pitch"], batch["target_velocity"])}
+            loss, _ = steps.factorized_nll(logits, steps.head_labels(batch))
+            return {"hidden": hidden, **logits, "loss": loss}
 
         self._state, self._forward = state, jax.jit(forward)
 
@@ -282,14 +287,33 @@ def test_no_global_view_ignores_bars_and_flat_ignores_all_structure(batch: Batch
     assert not np.array_equal(base["hidden"], flat(target_changed)["hidden"])
 
 
-def test_xla_attention_gives_the_same_model(batch: Batch, full: Forward) -> None:
-    """The whole model with ``attention_implementation="xla"`` matches the reference path (1e-4)."""
-    xla = Forward(model_config("tiny", attention_implementation="xla"))
-    reference_out, xla_out = full(batch), xla(batch)
+@pytest.mark.parametrize("implementation", ["xla", "cudnn"])
+def test_attention_paths_give_the_same_model(implementation: str, batch: Batch, full: Forward,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole model with ``attention_implementation`` "xla" or "cudnn" matches the reference path (1e-4).
+
+    "cudnn" runs here on CPU with the kernel swapped for XLA's implementation of the same
+    fast form (``is_causal`` + per-row lengths): the decoder's ``FastPath`` must describe
+    its explicit mask exactly, and the masks without a fast form (context encoder, G,
+    cross-attention) must still run (through XLA).
+    """
+    real_attention, fast_calls = jax.nn.dot_product_attention, []
+
+    def kernel(*args: Any, implementation: str | None = None, **kwargs: Any) -> jax.Array:
+        if implementation == "cudnn":
+            fast_calls.append(kwargs["is_causal"])
+            implementation = "xla"
+        return real_attention(*args, implementation=implementation, **kwargs)
+
+    monkeypatch.setattr(attention.jax.nn, "dot_product_attention", kernel)
+    other = Forward(model_config("tiny", attention_implementation=implementation))
+    reference_out, other_out = full(batch), other(batch)
+    # Only the decoder's causal self-attention has the fast form.
+    assert (len(fast_calls) > 0 and all(fast_calls)) if implementation == "cudnn" else not fast_calls
     real_BxT = batch["target_type"] != int(TokenType.PAD)
     for key in ("hidden", "type", "pitch", "velocity", "duration"):
-        np.testing.assert_allclose(xla_out[key][real_BxT], reference_out[key][real_BxT], atol=1e-4, rtol=1e-4)
-    np.testing.assert_allclose(xla_out["loss"], reference_out["loss"], rtol=1e-5)
+        np.testing.assert_allclose(other_out[key][real_BxT], reference_out[key][real_BxT], atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(other_out["loss"], reference_out["loss"], rtol=1e-5)
 
 
 def _parameter_count(make: Callable[[], Any]) -> int:

@@ -287,18 +287,21 @@ def run_a(tiny_synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture(scope="module", autouse=True)
 def data_parallel_run(tiny_synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory
-                      ) -> Iterator[subprocess.Popen]:
-    """The 2-device run, started when this module starts so its compile overlaps the other tests."""
+                      ) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """The 2-device run, started when this module starts so its compile overlaps the other tests.
+
+    Its output goes to files (a pipe nobody reads until the end could fill and stall it).
+    """
     workdir = tmp_path_factory.mktemp("run_dp")
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-    process = subprocess.Popen([sys.executable, "-c", _DATA_PARALLEL_SCRIPT, str(tiny_synthetic_dataset),
-                                str(workdir)], env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    yield process
+    with open(workdir / "stdout.txt", "w") as stdout, open(workdir / "stderr.txt", "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-c", _DATA_PARALLEL_SCRIPT, str(tiny_synthetic_dataset),
+                                    str(workdir / "run")], env=env, cwd=REPO_ROOT, stdout=stdout, stderr=stderr)
+    yield process, workdir
     if process.poll() is None:
         process.kill()
-        process.communicate()
+        process.wait()
 
 
 _DATA_PARALLEL_SCRIPT = """
@@ -310,7 +313,7 @@ from sfs_jax.training.train import train_and_evaluate
 from tests.test_train import sfs_task, tiny_sfs_config
 
 dataset, workdir = sys.argv[1:3]
-# 3 steps: with 2 warmup steps the first three losses do not depend on num_steps.
+# 3 steps: with the constant schedule the losses of steps 1-3 do not depend on num_steps.
 config = tiny_sfs_config(num_steps=3, checkpoint_every=100, eval_every=100)
 task = dataclasses.replace(sfs_task(config, dataset), make_eval_iterator=lambda: None)
 train_and_evaluate(task, config, workdir)
@@ -384,16 +387,14 @@ class PoisonSecondBatch(StopAfter):
         return batch
 
 
-@pytest.mark.parametrize("log_every", [1, 3])
-def test_nan_guard_keeps_the_last_good_checkpoint(log_every: int, tiny_synthetic_dataset: Path,
-                                                  tmp_path: Path) -> None:
-    """A NaN loss at step 2 raises NonFiniteLossError; the latest checkpoint is step 1 and finite.
+def test_nan_guard_keeps_the_last_good_checkpoint(tiny_synthetic_dataset: Path, tmp_path: Path) -> None:
+    """A NaN loss at step 2 raises NonFiniteLossError at step 2; the latest checkpoint is step 1, finite.
 
-    Checkpoints are due every step; with ``log_every=3`` the NaN happens between two
-    log lines, and the guard must still stop it from being checkpointed (step 2) or
-    validated.
+    Checkpoints are due every step but log lines every 3 steps, so the NaN happens
+    between two log lines: the guard must still stop the step-2 state from being
+    checkpointed (before the fix it was saved, and the error came only at step 3).
     """
-    config = tiny_sfs_config(checkpoint_every=1, eval_every=100, log_every=log_every)
+    config = tiny_sfs_config(checkpoint_every=1, eval_every=100, log_every=3)
     clean = sfs_task(config, tiny_synthetic_dataset)
     task = dataclasses.replace(clean, make_train_iterator=lambda seed: PoisonSecondBatch(
         clean.make_train_iterator(seed)))
@@ -411,18 +412,19 @@ def test_nan_guard_keeps_the_last_good_checkpoint(log_every: int, tiny_synthetic
     assert read_metrics(tmp_path, "validation") == []
 
 
-def test_data_parallel_matches_one_device(data_parallel_run: subprocess.Popen, run_a: Path) -> None:
+def test_data_parallel_matches_one_device(data_parallel_run: tuple[subprocess.Popen, Path], run_a: Path) -> None:
     """Batch 4 over 2 forced host devices gives the 1-device losses (step 1 within 1e-5).
 
-    Steps 2 and 3 (after the first updates) agree within 1e-4: only the order of the
-    cross-device reductions differs.
+    The subprocess reports ``jax.device_count() == 2``. Steps 2 and 3 (after the first
+    updates) agree within 1e-4: only the order of the cross-device reductions differs.
     """
-    stdout, stderr = data_parallel_run.communicate(timeout=600)
-    assert data_parallel_run.returncode == 0, stderr[-3000:]
+    process, folder = data_parallel_run
+    assert process.wait(timeout=600) == 0, (folder / "stderr.txt").read_text()[-3000:]
+    stdout = (folder / "stdout.txt").read_text()
     result = json.loads(next(line for line in stdout.splitlines() if line.startswith("RESULT "))[7:])
-    print(f"data parallel: {result}")
-    assert result["device_count"] == 2
     one_device = [r["loss"] for r in read_metrics(run_a, "train")][:3]
+    print(f"data parallel: {result}; 1 device: {one_device}")
+    assert result["device_count"] == 2
     assert abs(result["losses"][0] - one_device[0]) < 1e-5, (result["losses"], one_device)
     np.testing.assert_allclose(result["losses"], one_device, atol=1e-4, rtol=0)
 

@@ -12,9 +12,12 @@ in minutes), ``tiny`` (tests). ``model=flat`` is the paper's Flat baseline.
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
 from experiments.configs import common
+from sfs_jax.model.config import model_config
 
 TRAIN_BY_SIZE = {
     "paper": dict(batch_size=32, num_steps=100_000, learning_rate=3e-4, warmup_steps=2000,
@@ -44,10 +47,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.task = "sfs"
     config.model_name = args.model
     config.model_size = args.size
-    # Field overrides of sfs_jax.model.config.ModelConfig (see its docstring).
-    config.model = ml_collections.ConfigDict(dict(
-        compute_dtype=args.compute_dtype or ("bfloat16" if args.size == "paper" else "float32"),
-        context_slots=("left", "right", "seed", "ref"), use_global_view=True))
+    # Every ModelConfig field of the preset (sfs_jax/model/config.py), so any can be overridden
+    # from the command line; the bar VAE's sizes come with the preset.
+    preset = dataclasses.asdict(model_config(args.size))
+    preset.pop("vae")
+    preset.update(compute_dtype=args.compute_dtype or ("bfloat16" if args.size == "paper" else "float32"))
+    config.model = ml_collections.ConfigDict(preset)
     # Field overrides of sfs_jax.data.examples.ExampleConfig.
     config.examples = ml_collections.ConfigDict(dict(context_mode="sfs", **EXAMPLES_BY_SIZE[args.size]))
     config.data = common.data_block(builder=args.data,
