@@ -10,6 +10,7 @@ request never keeps the model busy.
 
 API:
   GET    /api/info             model warm?, queue, limits, presets, defaults
+  POST   /api/structure        structure text -> segments (the one parser, ``structure.parse_structure``)
   POST   /api/order            default order of "fill empty segments"
   POST   /api/generate         NDJSON events: start, running, context, note, segment_done, done|cancelled|error
   GET    /api/jobs/{id}        a job's state
@@ -34,17 +35,25 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sfs_jax.evaluation.protocol import PAPER_STRUCTURES  # the paper's test structures: the app's presets
 from sfs_jax.music import notes as notes_lib
-from sfs_jax.music.structure import MAX_SONG_BARS
+from sfs_jax.music.structure import MAX_SONG_BARS, StructureError, parse_structure
 from sfs_jax.sampling.composer import Composer
 from sfs_jax.serving import midi_files
 from sfs_jax.serving.plan import build_plan, fill_order
-from sfs_jax.serving.schemas import GenerateIn, InvalidRequest, Limits, OrderIn, SamplingIn, SongIn, validate_song
+from sfs_jax.serving.schemas import (
+    GenerateIn,
+    InvalidRequest,
+    Limits,
+    OrderIn,
+    SamplingIn,
+    SongIn,
+    StructureIn,
+    validate_song,
+)
 from sfs_jax.serving.worker import TERMINAL_EVENTS, Job, ModelWorker, QueueFull, WorkerUnavailable
 
 STATIC_DIR = Path(__file__).parent / "static"
-# The test protocol's structures (SFS.md section 5), offered as presets by the app.
-PAPER_STRUCTURES = ("A8B16C8D8E8", "A4B8C8D8B8C16E8", "A8B8C4B8D8B8E4", "A4B8C8A8C8A8D8")
 _POLL_S = 1.0  # how often a quiet stream checks that the worker is still alive
 
 
@@ -161,6 +170,14 @@ def create_app(composer: Composer | Callable[[], Composer], *, queue_size: int =
                 "frames_per_beat": notes_lib.FRAMES_PER_BEAT, "beats_per_bar": notes_lib.BEATS_PER_BAR,
                 "pitch_range": [notes_lib.MIN_PITCH, notes_lib.MAX_PITCH], "presets": list(PAPER_STRUCTURES),
                 "sampling_defaults": SamplingIn().model_dump()}
+
+    @app.post("/api/structure")
+    def structure(body: StructureIn) -> dict:
+        try:
+            segments = parse_structure(body.text)
+        except StructureError as err:
+            raise InvalidRequest(str(err)) from err
+        return {"segments": [{"label": s.label, "bars": s.n_bars} for s in segments]}
 
     @app.post("/api/order")
     def order(body: OrderIn) -> dict:

@@ -18,6 +18,7 @@ stops the composer when it reaches them (``GenerationPlan.targets`` says where).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 
@@ -68,7 +69,7 @@ def _split(segments: tuple[Segment, ...], cuts: set[int]) -> tuple[tuple[Segment
     pieces, owner = [], []
     for index, seg in enumerate(segments):
         edges = [seg.start_bar, *sorted(c for c in cuts if seg.start_bar < c < seg.end_bar), seg.end_bar]
-        for start, end in zip(edges[:-1], edges[1:], strict=True):
+        for start, end in itertools.pairwise(edges):
             pieces.append(Segment(start, end, seg.label))
             owner.append(index)
     return tuple(pieces), tuple(owner)

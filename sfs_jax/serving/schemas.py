@@ -79,6 +79,12 @@ class GenerateIn(SongIn):
     seed: int = 0
 
 
+class StructureIn(_Body):
+    """Structure text as typed in the app: ``A8 B8 A8 C4`` or ``A8B8A8C4``."""
+
+    text: str = Field(max_length=2000)
+
+
 class OrderIn(SongIn):
     """Asks for the default order in which "fill empty segments" writes them."""
 

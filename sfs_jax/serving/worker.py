@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 import jax
 
+from sfs_jax.music import notes as notes_lib
 from sfs_jax.music.structure import parse_structure
 from sfs_jax.sampling.composer import Callbacks, Composer, ComposeRequest, CompositionCancelled, context_summary
 from sfs_jax.sampling.segment import SamplingConfig, SegmentSampler
@@ -109,6 +110,7 @@ class ModelWorker:
         self._failure: str | None = None
         self.warm = False
         self.warmup_seconds: float | None = None
+        self.jobs_accepted = 0
         self._thread = threading.Thread(target=self._run, name="sfs-model-worker", daemon=True)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -153,13 +155,15 @@ class ModelWorker:
             if self._stopping or not self.alive:
                 raise WorkerUnavailable("the model worker is not running")
             if plan.client:
-                for older in [j for j in (*self._queue, self._running) if j is not None and j.plan.client == plan.client]:
+                mine = [j for j in (*self._queue, self._running) if j is not None and j.plan.client == plan.client]
+                for older in mine:
                     self._cancel_locked(older, "a newer request from the same client")
             if len(self._queue) >= self.queue_size:
                 raise QueueFull(f"the queue is full ({len(self._queue)} requests waiting behind the running one); "
                                 "try again when a generation finishes")
             job = Job(uuid.uuid4().hex[:12], plan, emit)
             self._jobs[job.id] = job
+            self.jobs_accepted += 1
             self._trim_history()
             ahead = len(self._queue) + (self._running is not None)
             self._queue.append(job)
@@ -203,7 +207,7 @@ class ModelWorker:
                 "max_tokens": base.sampling.max_tokens, "chunk_tokens": base.chunk_tokens,
                 "uses_global_view": base.vae is not None}
             return {"warm": self.warm, "loading": not self.warm and self._failure is None, "failure": self._failure,
-                    "warmup_seconds": self.warmup_seconds, "model": model,
+                    "warmup_seconds": self.warmup_seconds, "model": model, "jobs_accepted": self.jobs_accepted,
                     "queue": {"capacity": self.queue_size, "waiting": len(self._queue),
                               "running": None if self._running is None else self._running.id}}
 
@@ -289,7 +293,8 @@ class ModelWorker:
                 stats["first_note_s"] = time.perf_counter() - job.submitted_s
             stats["notes"] += 1
             stats["piece_notes"][piece] += 1
-            onset, pitch, velocity, duration = (int(v) for v in note)
+            # the song's canonical form (velocity 1..127, length >= 1), so the app can send the note back as it is
+            onset, pitch, velocity, duration = (int(v) for v in notes_lib.normalize_notes(note[None])[0][0])
             job.send({"event": "note", "sample": int(sample), "segment": plan.user_segment[piece], "onset": onset,
                       "pitch": pitch, "velocity": velocity, "duration": duration})
 
