@@ -24,8 +24,9 @@ from absl import app, flags
 
 from data_pipeline import build
 from experiments.configs import sfs as sfs_configs
+from sfs_jax.music.song import Song
 from sfs_jax.training import steps, tasks
-from sfs_jax.training.train import init_state, make_mesh, shard_batch
+from sfs_jax.training.train import init_state, make_mesh, model_inputs, shard_batch
 
 PEAK_BF16_FLOPS = {"NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12}
 
@@ -52,17 +53,16 @@ def main(argv: list[str]) -> None:
         folder, _ = build.build("synthetic", data_dir, num_songs=_SONGS.value, workers=2)
         model_cfg = tasks.model_config_from(config)
         rng = np.random.default_rng(0)
-        songs = tasks.open_splits(folder)
-        embeddings = {str(ex["id"].decode() if isinstance(ex["id"], bytes) else ex["id"]):
-                      rng.normal(size=(int(ex["n_bars"]), model_cfg.vae.latent_dim)).astype(np.float32)
-                      for split in songs.values() for ex in split} if model_cfg.use_global_view else None
+        songs = [Song.from_features(ex) for split in tasks.open_splits(folder).values() for ex in split]
+        embeddings = {song.song_id: rng.normal(size=(song.n_bars, model_cfg.vae.latent_dim)).astype(np.float32)
+                      for song in songs} if model_cfg.use_global_view else None
         task = tasks.sfs_task(config, folder, embeddings)
         iterator = task.make_train_iterator(0)
         batches = [next(iterator) for _ in range(_STEPS.value + 2)]
     mesh = make_mesh()
     graphdef, state, _ = init_state(task, config, mesh)
     step_fn = jax.jit(functools.partial(steps.train_step, loss_fn=task.loss_fn), donate_argnums=1)
-    numeric = [{k: v for k, v in b.items() if isinstance(v, np.ndarray) and v.ndim >= 1} for b in batches]
+    numeric = [model_inputs(b) for b in batches]
     key = jax.random.key(0)
     start = time.perf_counter()
     compiled = step_fn.lower(graphdef, state, shard_batch(numeric[0], mesh), key, jnp.int32(0)).compile()

@@ -109,7 +109,7 @@ class LoopStep:
         make = lambda accum: jax.jit(functools.partial(steps.train_step, loss_fn=self.task.loss_fn,
                                                        grad_accum_steps=accum), donate_argnums=1)
         self.full, self.accumulated = make(1), make(2)
-        self.batch = train_lib._numeric(next(self.task.make_train_iterator(self.config.train.seed)))
+        self.batch = train_lib.model_inputs(next(self.task.make_train_iterator(self.config.train.seed)))
 
     def initial_state(self) -> nnx.State:
         """Fresh buffers of the initial (model, optimizer) state (the step donates its input)."""

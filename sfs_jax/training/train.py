@@ -84,7 +84,7 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[s
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
 
 
-def _numeric(batch: dict[str, Any]) -> dict[str, np.ndarray]:
+def model_inputs(batch: dict[str, Any]) -> dict[str, np.ndarray]:
     """Drops host-only counters (ints/strings the model never reads) from a collated batch."""
     return {k: v for k, v in batch.items() if isinstance(v, np.ndarray) and v.ndim >= 1
             and v.dtype != object}
@@ -112,7 +112,7 @@ def evaluate(eval_fn: Callable, graphdef, state, eval_iterator, mesh, key: jax.A
     n_batches = 0
     for index, batch in enumerate(eval_iterator):
         n_batches += 1
-        metrics = jax.device_get(eval_fn(graphdef, state, shard_batch(_numeric(batch), mesh),
+        metrics = jax.device_get(eval_fn(graphdef, state, shard_batch(model_inputs(batch), mesh),
                                          jax.random.fold_in(key, index)))
         for name, value in metrics.items():
             totals[name] = totals.get(name, 0.0) + float(value)
@@ -170,7 +170,7 @@ def train_and_evaluate(task: Task, config: ml_collections.ConfigDict, workdir: s
 
     try:
         for step in range(start_step, train_config.num_steps):
-            batch = _numeric(next(train_iterator))
+            batch = model_inputs(next(train_iterator))
             shape = tuple(sorted((k, v.shape) for k, v in batch.items()))
             if shape not in shapes_seen:
                 shapes_seen.add(shape)
