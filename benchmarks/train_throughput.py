@@ -24,7 +24,6 @@ from absl import app, flags
 
 from data_pipeline import build
 from experiments.configs import sfs as sfs_configs
-from sfs_jax.music.song import Song
 from sfs_jax.training import steps, tasks
 from sfs_jax.training.train import init_state, make_mesh, model_inputs, shard_batch
 
@@ -53,7 +52,7 @@ def main(argv: list[str]) -> None:
         folder, _ = build.build("synthetic", data_dir, num_songs=_SONGS.value, workers=2)
         model_cfg = tasks.model_config_from(config)
         rng = np.random.default_rng(0)
-        songs = [Song.from_features(ex) for split in tasks.open_splits(folder).values() for ex in split]
+        songs = tasks.load_songs(folder)
         embeddings = {song.song_id: rng.normal(size=(song.n_bars, model_cfg.vae.latent_dim)).astype(np.float32)
                       for song in songs} if model_cfg.use_global_view else None
         task = tasks.sfs_task(config, folder, embeddings)

@@ -13,13 +13,11 @@ from pathlib import Path
 
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 from absl import logging
 
 from data_pipeline import build as build_lib
 from sfs_jax.data import bars as bars_lib
 from sfs_jax.model import bar_vae
-from sfs_jax.music.song import Song
 from sfs_jax.training import tasks
 from sfs_jax.training.restore import load_trained
 from sfs_jax.training.train import train_and_evaluate
@@ -34,11 +32,6 @@ def ensure_dataset(data: ml_collections.ConfigDict, workers: int = 1) -> Path:
     folder, _ = build_lib.build(data.builder, data.data_dir, manual_dir=data.manual_dir or None,
                                 workers=workers, seed=data.build_seed, num_songs=data.num_songs)
     return folder
-
-
-def all_songs(dataset_dir: Path) -> list[Song]:
-    sources = tfds.builder_from_directory(str(dataset_dir)).as_data_source()
-    return [Song.from_features(source[i]) for source in sources.values() for i in range(len(source))]
 
 
 def embeddings_path(vae_workdir: str | Path, dataset_dir: Path) -> Path:
@@ -61,7 +54,7 @@ def ensure_bar_embeddings(vae_workdir: str | Path, dataset_dir: Path) -> tuple[d
             return bars_lib.load_bar_embeddings(path, fingerprint), fingerprint
         except ValueError as err:
             logging.warning("recomputing bar embeddings: %s", err)
-    embeddings = bars_lib.compute_bar_embeddings(bar_vae.make_embed_fn(model), all_songs(dataset_dir),
+    embeddings = bars_lib.compute_bar_embeddings(bar_vae.make_embed_fn(model), tasks.load_songs(dataset_dir),
                                                  model.config.max_bar_tokens, EMBEDDING_BATCH)
     bars_lib.save_bar_embeddings(path, embeddings, fingerprint)
     logging.info("wrote bar embeddings of %d songs to %s", len(embeddings), path)

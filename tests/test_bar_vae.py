@@ -212,3 +212,32 @@ def test_bar_loader_is_seeded_complete_and_resumable(songs):
             for batch in make(0, epochs=1) for i in range(8)]
     assert len(seen) == total_bars // 8 * 8
     assert set(seen) <= all_rows
+
+
+class _PosteriorMeanVAE(bar_vae.BarVAE):
+    """The same VAE decoding from mu: no sampled noise, so a batch and its halves see the same z."""
+
+    def __call__(self, tokens, key):
+        del key
+        mu_BxL, logvar_BxL = self.encode(tokens)
+        return {**self.decode(tokens, mu_BxL), "mu": mu_BxL, "logvar": logvar_BxL}
+
+
+def test_loss_shares_with_whole_batch_normalizers_add_up_to_the_whole_batch(songs):
+    """Halves with 2 and 1 real bars (plus one empty bar): with the whole batch's normalizers, every
+    value of ``vae_loss`` (loss, recon, kl, per-head nll and ce, beta) of the halves sums to the whole
+    batch's, which is what makes gradient accumulation exact. Without them the naive mean of the two
+    halves' losses differs."""
+    model = _PosteriorMeanVAE(VAE_CONFIG, rngs=nnx.Rngs(0))
+    whole = _batch(songs[0], 0)
+    whole = {name: value.at[3].set(0) for name, value in whole.items()}  # bar 3: padding only
+    halves = [{name: value[:2] for name, value in whole.items()}, {name: value[2:] for name, value in whole.items()}]
+    key = jax.random.key(0)
+    _, expected = bar_vae.vae_loss(model, whole, key, 0.1)
+    normalizers = bar_vae.vae_normalizers(whole)
+    assert int(normalizers["n_bars"]) == 3
+    shares = [bar_vae.vae_loss(model, half, key, 0.1, normalizers)[1] for half in halves]
+    for name, value in expected.items():
+        np.testing.assert_allclose(float(shares[0][name] + shares[1][name]), float(value), rtol=1e-5, err_msg=name)
+    naive = [float(bar_vae.vae_loss(model, half, key, 0.1)[0]) for half in halves]
+    assert abs(sum(naive) / 2 - float(expected["loss"])) > 1e-3 * float(expected["loss"])

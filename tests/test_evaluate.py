@@ -206,7 +206,7 @@ def test_bad_inputs_fail_clearly_before_any_model_is_loaded(tmp_path: Path, tiny
         protocol.parse_structures(["A8B"])
     assert [s.name for s in protocol.parse_structures(protocol.PAPER_STRUCTURES)] == list(protocol.PAPER_STRUCTURES)
     with pytest.raises(ValueError, match="no 'validation' split"):
-        protocol.load_split(tiny_synthetic_dataset, "validation")
+        tasks.load_songs(tiny_synthetic_dataset, "validation")
 
 
 def test_cli_turns_bad_inputs_into_usage_errors(tmp_path: Path) -> None:

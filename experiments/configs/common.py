@@ -49,7 +49,9 @@ def train_block(**overrides: Any) -> ml_collections.ConfigDict:
         seed=0, batch_size=8, grad_accum_steps=1, num_steps=1000,
         learning_rate=1e-4, warmup_steps=100, schedule="cosine", final_lr_fraction=0.05,
         weight_decay=0.0, clip_norm=1.0,
-        log_every=50, eval_every=500, eval_batches=8, checkpoint_every=500, keep_checkpoints=3))
+        log_every=50, eval_every=500, eval_batches=8, checkpoint_every=500, keep_checkpoints=3,
+        # Wall-clock budget of the training loop (0: none): stops early with a validation and a checkpoint.
+        max_train_seconds=0.0))
     train.update(overrides)
     return train
 

@@ -585,15 +585,6 @@ class ProtocolResult:
     markdown: str
 
 
-def load_split(dataset_dir: Path, split: str) -> list[Song]:
-    """Every song of one split of a built dataset (clear error naming the splits it has)."""
-    splits = tasks.open_splits(dataset_dir)
-    if split not in splits:
-        raise ValueError(f"{dataset_dir} has no {split!r} split; it has {sorted(splits)}")
-    source = splits[split]
-    return [Song.from_features(source[i]) for i in range(len(source))]
-
-
 def _check_numbers(config: ProtocolConfig) -> None:
     if config.samples_per_seed < 1:
         raise ValueError(f"samples_per_seed must be >= 1, got {config.samples_per_seed}")
@@ -621,7 +612,7 @@ def prepare(config: ProtocolConfig) -> ProtocolPlan:
     model_configs = check_models(config.models)
     structures = parse_structures(config.structures, config.seed_bars)
     shortest_seed = min(s.segments[s.seed_segment].n_bars for s in structures)
-    real_songs = choose_seed_songs(load_split(config.dataset_dir, config.split), config.num_seeds, config.seed,
+    real_songs = choose_seed_songs(tasks.load_songs(config.dataset_dir, config.split), config.num_seeds, config.seed,
                                    config.seed_bars, shortest_seed)
     seeds = tuple(seed_from_song(song, config.seed_bars) for song in real_songs)
     return ProtocolPlan(config, tuple(model_configs), structures, tuple(real_songs), seeds)

@@ -163,8 +163,25 @@ def _cross_entropy(logits_BxTxC: jax.Array, labels_BxT: jax.Array, weight_BxT: j
     return jnp.where(weight_BxT, nll_BxT, 0.0)
 
 
-def vae_loss(model: BarVAE, batch: Tokens, key: jax.Array,
-             beta: float | jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+def vae_normalizers(batch: Tokens) -> dict[str, jax.Array]:
+    """Real bars and scored tokens per head over the whole batch: the denominators of ``vae_loss``."""
+    labels = _head_labels(batch)
+    return {"n_bars": jnp.sum(jnp.any(batch["type"] != _PAD, axis=1)),
+            **{f"{name}_count": jnp.sum(weight_BxT) for name, (_, weight_BxT) in labels.items()}}
+
+
+def _head_labels(batch: Tokens) -> dict[str, tuple[jax.Array, jax.Array]]:
+    """(labels, weights) per head: type over real tokens; pitch, velocity, duration over NOTE tokens."""
+    type_BxT = batch["type"]
+    is_note_BxT = type_BxT == _NOTE
+    return {"type": (type_BxT, type_BxT != _PAD),
+            "pitch": (batch["pitch"] - notes_lib.MIN_PITCH, is_note_BxT),
+            "velocity": (batch["velocity"], is_note_BxT),
+            "duration": (jnp.minimum(batch["duration"], NUM_DURATIONS - 1), is_note_BxT)}
+
+
+def vae_loss(model: BarVAE, batch: Tokens, key: jax.Array, beta: float | jax.Array,
+             normalizers: Mapping[str, jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Negative beta-ELBO per bar, averaged over the real bars of the batch; pure, jit-able.
 
     Reconstruction is the sum over the bar's tokens of the four cross-entropies (type
@@ -172,31 +189,30 @@ def vae_loss(model: BarVAE, batch: Tokens, key: jax.Array,
     in the SFS loss (SFS.md section 3); the KL term is KL(q(z|x) || N(0, I)) of the bar.
     Both are per bar so ``beta`` weighs them as in the ELBO. Metrics: ``<head>_nll``
     (per bar), ``<head>_ce`` (per scored token), ``recon``, ``kl``, ``loss``, ``beta``.
+    With ``normalizers`` (``vae_normalizers`` of the whole batch, for gradient
+    accumulation) means divide by the whole batch's counts and ``beta`` is reported
+    as this batch's share of bars, so every value adds up over micro-batches.
     """
     out = model(batch, key)
-    type_BxT = batch["type"]
-    valid_BxT = type_BxT != _PAD
-    is_note_BxT = type_BxT == _NOTE
-    labels = {"type": (type_BxT, valid_BxT),
-              "pitch": (batch["pitch"] - notes_lib.MIN_PITCH, is_note_BxT),
-              "velocity": (batch["velocity"], is_note_BxT),
-              "duration": (jnp.minimum(batch["duration"], NUM_DURATIONS - 1), is_note_BxT)}
-    bar_valid_B = jnp.any(valid_BxT, axis=1)
-    n_bars = jnp.maximum(jnp.sum(bar_valid_B), 1)
+    labels = _head_labels(batch)
+    bar_valid_B = jnp.any(batch["type"] != _PAD, axis=1)
+    totals = vae_normalizers(batch) if normalizers is None else normalizers
+    n_bars = jnp.maximum(totals["n_bars"], 1)
     per_bar_mean = lambda x_B: jnp.sum(jnp.where(bar_valid_B, x_B, 0.0)) / n_bars
     metrics: dict[str, jax.Array] = {}
-    recon_B = jnp.zeros(type_BxT.shape[0], jnp.float32)
+    recon_B = jnp.zeros(bar_valid_B.shape[0], jnp.float32)
     for name in HEAD_NAMES:
         target_BxT, weight_BxT = labels[name]
         nll_BxT = _cross_entropy(out[name], target_BxT, weight_BxT)
         recon_B = recon_B + jnp.sum(nll_BxT, axis=1)
         metrics[f"{name}_nll"] = per_bar_mean(jnp.sum(nll_BxT, axis=1))
-        metrics[f"{name}_ce"] = jnp.sum(nll_BxT) / jnp.maximum(jnp.sum(weight_BxT), 1)
+        metrics[f"{name}_ce"] = jnp.sum(nll_BxT) / jnp.maximum(totals[f"{name}_count"], 1)
     mu_BxL, logvar_BxL = out["mu"], out["logvar"]
     kl_B = 0.5 * jnp.sum(jnp.square(mu_BxL) + jnp.exp(logvar_BxL) - 1.0 - logvar_BxL, axis=-1)
     loss = per_bar_mean(recon_B + beta * kl_B)
+    bar_share = jnp.sum(bar_valid_B) / n_bars if normalizers is not None else 1.0
     metrics.update(recon=per_bar_mean(recon_B), kl=per_bar_mean(kl_B), loss=loss,
-                   beta=jnp.asarray(beta, jnp.float32))
+                   beta=jnp.asarray(beta * bar_share, jnp.float32))
     return loss, metrics
 
 

@@ -36,8 +36,12 @@ class MetricsWriter:
 
 
 def read_metrics(workdir: str | Path, split: str) -> list[dict]:
-    """The rows of one split from ``metrics.jsonl``, last write per step winning (resumed runs)."""
-    path = Path(workdir) / "metrics.jsonl"
+    """The rows of one split from ``metrics.jsonl``, last write per step winning (resumed runs).
+
+    ``workdir`` is a training workdir or a metrics file itself (copies brought back from a GPU run).
+    """
+    path = Path(workdir)
+    path = path if path.is_file() else path / "metrics.jsonl"
     if not path.exists():
         return []
     rows: dict[int, dict] = {}

@@ -7,12 +7,17 @@ a jitted step merges them inside, computes the loss, updates and splits again,
 so the Python loop never touches parameters. Metrics come back as sums and
 counts so evaluation over many batches aggregates exactly (bits per beat is a
 ratio of sums, not a mean of ratios).
+
+Gradient accumulation is exact: a task's ``normalizer_fn`` gives the full batch's
+denominators (tokens per head, bars), every micro-batch divides by those instead
+of its own, so the summed micro-batch gradients and metrics are the full batch's
+(a mean of per-micro-batch means would over-weight micro-batches with few tokens).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -24,9 +29,13 @@ from sfs_jax.model.embeddings import pitch_index
 from sfs_jax.music.tokenizer import TokenType
 
 HEADS = ("type", "pitch", "velocity", "duration")
-# loss_fn(model, batch, key, step) -> (loss, metrics); step is -1 in evaluation.
-LossFn = Callable[[nnx.Module, dict[str, jax.Array], jax.Array, jax.Array],
-                  tuple[jax.Array, dict[str, jax.Array]]]
+Normalizers = Mapping[str, jax.Array]
+# loss_fn(model, batch, key, step, normalizers=None) -> (loss, metrics); step is -1 in evaluation.
+# With normalizers (the full batch's denominators) every returned value is this batch's additive
+# share of the full batch's value; without, the batch is its own full batch.
+LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+# normalizer_fn(batch) -> the denominators of the loss over the whole batch (labels only, no model).
+NormalizerFn = Callable[[dict[str, jax.Array]], dict[str, jax.Array]]
 
 
 def head_labels(batch: dict[str, jax.Array]) -> dict[str, tuple[jax.Array, jax.Array]]:
@@ -39,9 +48,18 @@ def head_labels(batch: dict[str, jax.Array]) -> dict[str, tuple[jax.Array, jax.A
             "duration": (jnp.clip(batch["target_duration"], 0, 64), note)}
 
 
-def factorized_nll(logits: dict[str, jax.Array], labels: dict[str, tuple[jax.Array, jax.Array]]
-                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Sum over heads of the per-head mean cross entropy (SFS.md section 3), plus sums/counts."""
+def sfs_normalizers(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Tokens scored by each head over the whole batch: the denominators of ``sfs_loss``."""
+    return {f"{head}_count": jnp.sum(mask) for head, (_, mask) in head_labels(batch).items()}
+
+
+def factorized_nll(logits: dict[str, jax.Array], labels: dict[str, tuple[jax.Array, jax.Array]],
+                   normalizers: Normalizers | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Sum over heads of the per-head mean cross entropy (SFS.md section 3), plus sums/counts.
+
+    Each head's mean divides by ``normalizers[f"{head}_count"]`` when given (the whole
+    batch's count, for gradient accumulation), else by this batch's count.
+    """
     loss, metrics = jnp.zeros((), jnp.float32), {}
     nll_BxT = 0.0
     for head in HEADS:
@@ -50,7 +68,8 @@ def factorized_nll(logits: dict[str, jax.Array], labels: dict[str, tuple[jax.Arr
         nll = jnp.where(mask, nll, 0.0)
         count = jnp.sum(mask)
         correct = jnp.sum((jnp.argmax(logits[head], -1) == label) & mask)
-        loss = loss + jnp.sum(nll) / jnp.maximum(count, 1)
+        denominator = count if normalizers is None else normalizers[f"{head}_count"]
+        loss = loss + jnp.sum(nll) / jnp.maximum(denominator, 1)
         metrics[f"{head}_nll_sum"], metrics[f"{head}_count"] = jnp.sum(nll), count
         metrics[f"{head}_correct"] = correct
         nll_BxT = nll_BxT + nll
@@ -58,11 +77,11 @@ def factorized_nll(logits: dict[str, jax.Array], labels: dict[str, tuple[jax.Arr
     return loss, metrics
 
 
-def sfs_loss(model: nnx.Module, batch: dict[str, jax.Array], key: jax.Array, step: jax.Array
-             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def sfs_loss(model: nnx.Module, batch: dict[str, jax.Array], key: jax.Array, step: jax.Array,
+             normalizers: Normalizers | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Teacher-forced loss of the SFS (or Flat) model; ``key`` and ``step`` unused (no dropout)."""
     del key, step
-    loss, metrics = factorized_nll(model.logits(batch), head_labels(batch))
+    loss, metrics = factorized_nll(model.logits(batch), head_labels(batch), normalizers)
     metrics["n_beats"] = jnp.sum(batch["n_beats"]).astype(jnp.float32)
     metrics["tokens"] = jnp.sum(batch["target_type"] != int(TokenType.PAD))
     metrics["loss"] = loss
@@ -101,33 +120,39 @@ def split_micro_batches(batch: dict[str, jax.Array], n_micro: int) -> dict[str, 
 
 
 def train_step(graphdef: nnx.GraphDef, state: nnx.State, batch: dict[str, jax.Array], key: jax.Array,
-               step: jax.Array, *, loss_fn: LossFn, grad_accum_steps: int = 1
-               ) -> tuple[nnx.State, dict[str, jax.Array]]:
-    """One optimizer update, averaging gradients over ``grad_accum_steps`` micro-batches."""
+               step: jax.Array, *, loss_fn: LossFn, grad_accum_steps: int = 1,
+               normalizer_fn: NormalizerFn | None = None) -> tuple[nnx.State, dict[str, jax.Array]]:
+    """One optimizer update with the gradient of the whole batch, in ``grad_accum_steps`` micro-batches.
+
+    With accumulation, ``normalizer_fn`` gives the whole batch's denominators once; each
+    micro-batch's loss is its share of the full-batch loss, so the summed gradients and
+    metrics equal one pass over the whole batch (up to float summation order).
+    """
     model, optimizer = nnx.merge(graphdef, state)
     model_def, params, others = nnx.split(model, nnx.Param, ...)
 
-    def micro_grads(micro_batch, micro_key):
+    def micro_grads(micro_batch, micro_key, normalizers=None):
         def loss_of(p):
-            return loss_fn(nnx.merge(model_def, p, others), micro_batch, micro_key, step)
+            return loss_fn(nnx.merge(model_def, p, others), micro_batch, micro_key, step, normalizers=normalizers)
         (_, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
         return grads, metrics
 
     if grad_accum_steps == 1:
         grads, metrics = micro_grads(batch, key)
     else:
+        if normalizer_fn is None:
+            raise ValueError("gradient accumulation needs the task's normalizer_fn (the full batch's denominators)")
+        normalizers = normalizer_fn(batch)
         micro = split_micro_batches(batch, grad_accum_steps)
         keys = jax.random.split(key, grad_accum_steps)
 
         def body(acc, xs):
-            grads, metrics = micro_grads(*xs)
+            grads, metrics = micro_grads(*xs, normalizers)
             return jax.tree.map(jnp.add, acc, (grads, metrics)), None
 
-        zeros = jax.eval_shape(micro_grads, jax.tree.map(lambda x: x[0], micro), keys[0])
+        zeros = jax.eval_shape(micro_grads, jax.tree.map(lambda x: x[0], micro), keys[0], normalizers)
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
         (grads, metrics), _ = jax.lax.scan(body, zeros, (micro, keys))
-        grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
-        metrics["loss"] = metrics["loss"] / grad_accum_steps
     metrics["grad_norm"] = optax.global_norm(grads)
     optimizer.update(model, grads)
     return nnx.state((model, optimizer)), metrics

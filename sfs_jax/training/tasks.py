@@ -26,6 +26,7 @@ from sfs_jax.model import bar_vae
 from sfs_jax.model.config import ModelConfig, model_config
 from sfs_jax.model.flat import flat_config
 from sfs_jax.model.sfs import SFSModel
+from sfs_jax.music.song import Song
 from sfs_jax.training import steps
 from sfs_jax.training.train import Task
 
@@ -39,6 +40,19 @@ def open_splits(dataset_dir: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} is not a built sfs_songs dataset (no dataset_info.json); "
                                 "build one with python -m data_pipeline.build")
     return dict(tfds.builder_from_directory(str(path)).as_data_source())
+
+
+def load_songs(dataset_dir: str | Path, split: str | None = None) -> list[Song]:
+    """Every song of one split (``None``: of all splits) of a built dataset, decoded.
+
+    Bar embeddings need every song, the evaluation protocol one split; an unknown split
+    is an error naming the splits the dataset has.
+    """
+    splits = open_splits(dataset_dir)
+    if split is not None and split not in splits:
+        raise ValueError(f"{dataset_dir} has no {split!r} split; it has {sorted(splits)}")
+    chosen = [splits[split]] if split is not None else list(splits.values())
+    return [Song.from_features(source[i]) for source in chosen for i in range(len(source))]
 
 
 def eval_source(splits: Mapping[str, Any]) -> Any:
@@ -91,6 +105,7 @@ def sfs_task(config: ml_collections.ConfigDict, dataset_dir: str | Path,
         name=config.get("model_name", "sfs"),
         make_model=lambda rngs: SFSModel(model_cfg, rngs=rngs),
         loss_fn=steps.sfs_loss,
+        normalizer_fn=steps.sfs_normalizers,
         make_train_iterator=lambda seed: make(splits["train"], None, seed=seed, shuffle=True),
         make_eval_iterator=lambda: _eval_iterator(eval_source(splits), make, batch, config.train.eval_batches),
         config_json=config.to_dict())
@@ -104,11 +119,11 @@ def vae_task(config: ml_collections.ConfigDict, dataset_dir: str | Path) -> Task
     batch, max_tokens = config.train.batch_size, vae_cfg.max_bar_tokens
     cycle = config.vae_beta_cycle_steps
 
-    def loss_fn(model, batch_arrays, key, step):
+    def loss_fn(model, batch_arrays, key, step, normalizers=None):
         # Cyclic KL weight while training; the full weight in evaluation (step -1).
         cyclic = bar_vae.cyclic_beta(jnp.maximum(step, 0), max_beta=config.vae_max_beta, cycle_steps=cycle)
         beta = jnp.where(step < 0, config.vae_max_beta, cyclic)
-        return bar_vae.vae_loss(model, batch_arrays, key, beta)
+        return bar_vae.vae_loss(model, batch_arrays, key, beta, normalizers)
 
     def make(source, epochs, seed=EVAL_SEED):
         return bars_lib.make_bar_loader(source, batch_size=batch, seed=seed, max_bar_tokens=max_tokens,
@@ -118,6 +133,7 @@ def vae_task(config: ml_collections.ConfigDict, dataset_dir: str | Path) -> Task
         name="bar_vae",
         make_model=lambda rngs: bar_vae.BarVAE(vae_cfg, compute_dtype=compute_dtype, rngs=rngs),
         loss_fn=loss_fn,
+        normalizer_fn=bar_vae.vae_normalizers,
         make_train_iterator=lambda seed: make(splits["train"], None, seed=seed),
         make_eval_iterator=lambda: _eval_iterator(eval_source(splits), make, batch, config.train.eval_batches),
         tokens_key="type",

@@ -40,6 +40,8 @@ class Task:
     name: str
     make_model: Callable[[nnx.Rngs], nnx.Module]
     loss_fn: steps.LossFn
+    # batch -> the loss's denominators over the whole batch (exact gradient accumulation)
+    normalizer_fn: steps.NormalizerFn | None
     make_train_iterator: Callable[[int], Any]  # seed -> checkpointable grain iterator
     make_eval_iterator: Callable[[], Iterator[dict[str, np.ndarray]] | None]
     tokens_key: str = "target_type"  # non-zero entries of this field are the batch's tokens
@@ -149,7 +151,7 @@ def train_and_evaluate(task: Task, config: ml_collections.ConfigDict, workdir: s
             return json.loads(final.read_text())
 
     loss_fn = task.loss_fn
-    train_fn = jax.jit(functools.partial(steps.train_step, loss_fn=loss_fn,
+    train_fn = jax.jit(functools.partial(steps.train_step, loss_fn=loss_fn, normalizer_fn=task.normalizer_fn,
                                          grad_accum_steps=train_config.grad_accum_steps), donate_argnums=1)
     eval_fn = jax.jit(functools.partial(steps.eval_step, loss_fn=loss_fn))
     base_key = jax.random.key(train_config.seed)
@@ -160,6 +162,10 @@ def train_and_evaluate(task: Task, config: ml_collections.ConfigDict, workdir: s
     last_train: dict[str, float] = {}
     last_eval: dict[str, float] = {}
     window_start, window_tokens = time.perf_counter(), 0
+    # A wall-clock budget (config.train.max_train_seconds, 0: none) ends the run early at a
+    # validation + checkpoint step, so a fixed GPU lease always leaves a scored, resumable run.
+    max_seconds = float(train_config.get("max_train_seconds", 0) or 0)
+    loop_start, stopped_early = time.perf_counter(), False
 
     def save(step: int, validation_loss: float | None = None) -> None:
         meta = {**meta_base, "step": step, "train": last_train, "validation": last_eval}
@@ -182,8 +188,10 @@ def train_and_evaluate(task: Task, config: ml_collections.ConfigDict, workdir: s
                                       jax.random.fold_in(base_key, step), jnp.asarray(step, jnp.int32))
             pending.append(metrics)
             done = step + 1
-            is_log = done % train_config.log_every == 0 or done == train_config.num_steps
-            is_eval = done % train_config.eval_every == 0 or done == train_config.num_steps
+            out_of_time = bool(max_seconds) and time.perf_counter() - loop_start >= max_seconds
+            last = done == train_config.num_steps or out_of_time
+            is_log = done % train_config.log_every == 0 or last
+            is_eval = done % train_config.eval_every == 0 or last
             is_save = done % train_config.checkpoint_every == 0 or done == train_config.num_steps or is_eval
             if is_log or is_save:
                 # Checked before a save or validation too (not only at log steps), so a
@@ -209,10 +217,17 @@ def train_and_evaluate(task: Task, config: ml_collections.ConfigDict, workdir: s
                     f"{k}={v:.4g}" for k, v in last_eval.items()), flush=True)
             if is_save:
                 save(done, last_eval.get("loss") if is_eval and last_eval else None)
+            if out_of_time and done < train_config.num_steps:
+                logging.warning("stopping at step %d: max_train_seconds=%g reached", done, max_seconds)
+                stopped_early = True
+                break
     finally:
         writer.close()
         checkpoints.close()
     logging.info("compiled %d batch shapes", len(shapes_seen))
     result = {"train": last_train, "validation": last_eval, "batch_shapes": len(shapes_seen)}
+    if stopped_early:
+        # No final_metrics.json: the run is unfinished and a relaunch resumes it.
+        return {**result, "stopped_early_at_step": done}
     (workdir / "final_metrics.json").write_text(json.dumps(result, indent=2))
     return result
