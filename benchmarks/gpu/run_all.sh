@@ -20,7 +20,7 @@ PY=${PY:-python3}
 SIZE=${SIZE:-paper}
 DATASET=${DATASET:-runs/pop909/tfds/sfs_songs/pop909/1.0.0}
 RUNS=${RUNS:-/tmp/sfs_gpu_runs}
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 TQDM_DISABLE=1  # progress bars would flood the logs brought back
 if [ -d .whl ] && ! "$PY" -c "import miditok, grain, tensorflow_datasets" 2>/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "wheel install failed" >&2; exit 3; }
