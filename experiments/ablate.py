@@ -35,25 +35,6 @@ _WORKERS = flags.DEFINE_integer("workers", 2, "Processes for a dataset build, if
 COLUMNS = ("variant", "bits_per_beat", "loss", "type_nll", "pitch_nll", "velocity_nll", "duration_nll", "steps")
 
 
-def variants(base: ml_collections.ConfigDict, sweep: str) -> list[tuple[str, ml_collections.ConfigDict]]:
-    """(name, config) of each variant: the base with the sweep's dotted overrides applied."""
-    out = []
-
-    def add(name: str, **overrides: Any) -> None:
-        config = copy.deepcopy(base)
-        with config.unlocked():
-            for dotted, value in overrides.items():
-                node = config
-                *parents, leaf = dotted.split(".")
-                for parent in parents:
-                    node = node[parent]
-                node[leaf] = value
-        out.append((name, config))
-
-    ablate_configs.SWEEPS[sweep](add)
-    return out
-
-
 def vae_config_for(base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config = vae_configs.get_config(f"size={base.model_size}")
     config.data = copy.deepcopy(base.data)
@@ -78,7 +59,7 @@ def main(argv: list[str]) -> None:
     del argv
     workdir = Path(_WORKDIR.value)
     base = _CONFIG.value
-    runs = [(n, c) for n, c in variants(base, _SWEEP.value) if not _ONLY.value or n in _ONLY.value]
+    runs = [(n, c) for n, c in ablate_configs.variants(base, _SWEEP.value) if not _ONLY.value or n in _ONLY.value]
     if any(tasks.model_config_from(c).use_global_view for _, c in runs) and not base.vae_workdir:
         vae_dir = workdir / "vae"
         pipeline.run(vae_config_for(base), str(vae_dir), _WORKERS.value)

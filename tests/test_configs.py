@@ -20,6 +20,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+from experiments.configs import ablate as ablate_configs
 from experiments.configs import bar_vae as bar_vae_configs
 from experiments.configs import common
 from experiments.configs import sfs as sfs_configs
@@ -129,3 +130,20 @@ def test_config_survives_the_checkpoint_json_round_trip() -> None:
         assert isinstance(restored.model.context_slots, list)
         assert tasks.model_config_from(restored) == tasks.model_config_from(config)
         assert tasks.example_config_from(restored) == tasks.example_config_from(config)
+
+
+@pytest.mark.parametrize("sweep", sorted(ablate_configs.SWEEPS))
+def test_every_sweep_variant_is_a_valid_distinct_config(sweep: str) -> None:
+    """Each variant's overrides land in real fields: its model and example configs build, names are unique,
+    and no two variants describe the same model."""
+    base = sfs_configs.get_config("size=tiny")
+    runs = ablate_configs.variants(base, sweep)
+    names = [name for name, _ in runs]
+    assert len(names) == len(set(names)) and "flat" in names
+    built = [(tasks.model_config_from(config), tasks.example_config_from(config)) for _, config in runs]
+    assert len(set(built)) == len(built)
+    by_name = dict(zip(names, built, strict=True))
+    if sweep == "context":
+        assert by_name["sfs_segment_positions"][0].cross_attention_positions == "segment"
+        assert by_name["no_ref"][0].context_slots == ("left", "right", "seed")
+    assert base.model.context_slots == ("left", "right", "seed", "ref")  # the base is not mutated

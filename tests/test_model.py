@@ -341,3 +341,16 @@ def test_paper_preset_parameter_counts() -> None:
     flat_count = _parameter_count(lambda: SFSModel(flat_config(config), rngs=nnx.Rngs(0)))
     print(f"paper preset: Flat {flat_count:,} parameters")
     assert flat_count < sfs_count - 20e6
+
+
+def test_segment_cross_attention_positions(batch: Batch) -> None:
+    """``cross_attention_positions='segment'``: queries at frames within the target segment, keys within their
+    own context segment, so the same bar of a Ref and of the target meet at offset 0; unknown values are refused."""
+    model = SFSModel(model_config("tiny", cross_attention_positions="segment"), rngs=nnx.Rngs(0))
+    frames = jnp.asarray(batch["target_song_frame"])
+    got = np.asarray(model.decoder.cross_query_positions(frames, {k: jnp.asarray(v) for k, v in batch.items()}))
+    np.testing.assert_array_equal(got, batch["target_song_frame"] - batch["segment_start_frame"][:, None])
+    song = SFSModel(model_config("tiny"), rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(np.asarray(song.decoder.cross_query_positions(frames, batch)), np.asarray(frames))
+    with pytest.raises(ValueError, match="cross_attention_positions"):
+        model_config("tiny", cross_attention_positions="bar")

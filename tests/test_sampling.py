@@ -117,15 +117,20 @@ def _teacher_forced_logits(graphdef, params, batch):
     return nnx.merge(graphdef, params).logits(batch)
 
 
-@pytest.mark.parametrize("flat", [False, True], ids=["sfs", "flat"])
-def test_forward_equivalence(model, batch, flat):
+@pytest.mark.parametrize("variant", ["sfs", "flat", "segment_positions"])
+def test_forward_equivalence(model, batch, variant):
     """Decoder.step token by token gives the teacher-forced logits at every real position.
 
     Covers every frame boundary of three rows of different lengths, the contexts
-    (cross-attention keys/values computed once) and G; the Flat model has neither.
+    (cross-attention keys/values computed once) and G; the Flat model has neither;
+    ``segment_positions`` rotates cross-attention by frames within each segment.
     """
-    if flat:
+    if variant == "flat":
         model = SFSModel(flat_config(model_config("tiny")), rngs=nnx.Rngs(1))
+    elif variant == "segment_positions":
+        model = SFSModel(model_config("tiny", cross_attention_positions="segment"), rngs=nnx.Rngs(0))
+        song_mode = _teacher_forced_logits(*nnx.split(SFSModel(model_config("tiny"), rngs=nnx.Rngs(0))),
+                                           {k: jnp.asarray(v) for k, v in batch.items()})
     jbatch = {k: jnp.asarray(v) for k, v in batch.items()}
     expected = _teacher_forced_logits(*nnx.split(model), jbatch)
     got = _stepwise_logits(*nnx.split(model), jbatch)
@@ -135,6 +140,8 @@ def test_forward_equivalence(model, batch, flat):
                                    atol=EQUIVALENCE_ATOL, rtol=0, err_msg=head)
     # Not vacuous: the logits vary along the sequence.
     assert np.std(np.asarray(expected["pitch"])[valid], axis=0).max() > 1e-2
+    if variant == "segment_positions":  # same weights, other rotary positions: other logits
+        assert np.abs(np.asarray(song_mode["pitch"]) - np.asarray(expected["pitch"]))[valid].max() > 1e-4
 
 
 @pytest.mark.parametrize("prefill", [False, True], ids=["stepwise", "prefill"])

@@ -12,8 +12,12 @@ baseline.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable
+from typing import Any
+
+import ml_collections
 
 SFS_SLOTS = ("left", "right", "seed", "ref")
 AddFn = Callable[..., None]
@@ -24,13 +28,15 @@ def _slots_name(slots: tuple[str, ...]) -> str:
 
 
 def context(add: AddFn) -> None:
-    """The compact sweep: full SFS, each context left out, none, no G, all_previous, Flat."""
+    """The compact sweep: full SFS, each context left out, none, no G, segment-relative cross-attention
+    positions, all_previous, Flat."""
     add("sfs", **{"model.context_slots": SFS_SLOTS})
     for dropped in SFS_SLOTS:
         kept = tuple(s for s in SFS_SLOTS if s != dropped)
         add(f"no_{dropped}", **{"model.context_slots": kept})
     add("no_contexts", **{"model.context_slots": ()})
     add("sfs_no_G", **{"model.context_slots": SFS_SLOTS, "model.use_global_view": False})
+    add("sfs_segment_positions", **{"model.context_slots": SFS_SLOTS, "model.cross_attention_positions": "segment"})
     add("all_previous", **{"model.context_slots": ("previous",), "examples.context_mode": "all_previous"})
     add("flat", **{"model_name": "flat"})
 
@@ -47,3 +53,22 @@ def context_full(add: AddFn) -> None:
 
 
 SWEEPS: dict[str, Callable[[AddFn], None]] = {"context": context, "context_full": context_full}
+
+
+def variants(base: ml_collections.ConfigDict, sweep: str) -> list[tuple[str, ml_collections.ConfigDict]]:
+    """(name, config) of each variant of ``SWEEPS[sweep]``: the base with the dotted overrides applied."""
+    out = []
+
+    def add(name: str, **overrides: Any) -> None:
+        config = copy.deepcopy(base)
+        with config.unlocked():
+            for dotted, value in overrides.items():
+                node = config
+                *parents, leaf = dotted.split(".")
+                for parent in parents:
+                    node = node[parent]
+                node[leaf] = value
+        out.append((name, config))
+
+    SWEEPS[sweep](add)
+    return out

@@ -47,6 +47,10 @@ class ModelConfig:
     # Positions: sinusoid periods and rotary base, in frames (bars for G).
     max_position_frames: int = 8192
     rope_base: float = 10_000.0
+    # Rotary positions of cross-attention: "song" (SFS.md section 3: queries and keys by their song
+    # frame) or "segment" (by their frame within their own segment, so a target bar and the same
+    # bar of its Ref or Seed sit at relative offset 0 in every song).
+    cross_attention_positions: str = "song"
     compute_dtype: str = "float32"  # "bfloat16" on accelerators; parameters stay float32
     attention_implementation: str = "auto"  # "auto" | "xla" | "cudnn" | "reference"
     vae: BarVAEConfig = dataclasses.field(default_factory=BarVAEConfig)
@@ -58,6 +62,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if self.cross_attention_positions not in ("song", "segment"):
+            raise ValueError(f"cross_attention_positions must be 'song' or 'segment', "
+                             f"got {self.cross_attention_positions!r}")
         unknown = set(self.context_slots) - set(CONTEXT_SLOT_NAMES)
         if unknown:
             raise ValueError(f"unknown context slots {sorted(unknown)}; choose from {CONTEXT_SLOT_NAMES}")

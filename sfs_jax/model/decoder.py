@@ -108,9 +108,18 @@ class Decoder(nnx.Module):
         if context_BxSxD is None:
             return (None,) * len(self.blocks)
         context = context_BxSxD.astype(jnp.dtype(self.config.compute_dtype))
+        positions_BxS = batch["context_song_frame"]
+        if self.config.cross_attention_positions == "segment":
+            positions_BxS = positions_BxS - batch["context_segment_start_frame"]
         return tuple(None if block.cross_attention is None
-                     else block.cross_attention.keys_values(context, batch["context_song_frame"])
+                     else block.cross_attention.keys_values(context, positions_BxS)
                      for block in self.blocks)
+
+    def cross_query_positions(self, song_frame_BxT: jax.Array, batch: dict[str, jax.Array]) -> jax.Array:
+        """Rotary positions of the cross-attention queries: song frames, or frames within the target segment."""
+        if self.config.cross_attention_positions == "segment":
+            return song_frame_BxT - batch["segment_start_frame"][:, None]
+        return song_frame_BxT
 
     def context_caches(self, context_BxSxD: jax.Array | None, batch: dict[str, jax.Array]) -> tuple:
         """``context_keys_values`` as head-major ``KVCache`` per block, the layout ``step`` attends to fastest."""
@@ -146,10 +155,12 @@ class Decoder(nnx.Module):
         lengths = jnp.sum(valid_BxT, axis=1)
         fast = FastPath(is_causal=True, query_lengths_B=lengths, key_lengths_B=lengths)
         cross_mask = None if context_BxSxD is None else self.cross_mask(batch, visible_slots, valid_BxT)
+        cross_positions = self.cross_query_positions(inputs["song_frame"], batch)
         cache = []
         for block, context_kv in zip(self.blocks, self.context_keys_values(context_BxSxD, batch), strict=True):
             x, layer_cache = block.prefill(x, inputs["song_frame"], self_mask, condition_BxTxD=condition,
-                                           context_kv=context_kv, cross_mask_BxTxS=cross_mask, fast_path=fast)
+                                           context_kv=context_kv, cross_mask_BxTxS=cross_mask, fast_path=fast,
+                                           cross_positions_BxT=cross_positions)
             cache.append(layer_cache)
         return self.norm(x), tuple(cache)
 
@@ -171,10 +182,11 @@ class Decoder(nnx.Module):
         """
         x = self.embed_inputs(inputs_Bx1, batch)
         condition = self.input_condition(per_bar_BxGxD, inputs_Bx1, batch)
+        cross_position = self.cross_query_positions(inputs_Bx1["song_frame"], batch)
         new_cache = []
         for block, layer_cache, layer_kv in zip(self.blocks, cache, context_kv, strict=True):
             x, layer_cache = block.decode_step(x, inputs_Bx1["song_frame"], layer_cache, t,
                                                condition_Bx1xD=condition, context_kv=layer_kv,
-                                               cross_mask_Bx1xS=cross_mask_Bx1xS)
+                                               cross_mask_Bx1xS=cross_mask_Bx1xS, cross_position_Bx1=cross_position)
             new_cache.append(layer_cache)
         return self.norm(x), tuple(new_cache)

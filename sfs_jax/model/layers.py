@@ -86,33 +86,38 @@ class Block(nnx.Module):
         q = self.self_attention.queries(h, position_Bx1)
         return x_Bx1xD + self.self_attention.attend_to_cache(q, cache, cache.visible_mask(t)), cache
 
-    def _cross_and_feed_forward(self, x_BxTxD, positions_BxT, condition_BxTxD, context_kv, cross_mask_BxTxS):
+    def _cross_and_feed_forward(self, x_BxTxD, cross_positions_BxT, condition_BxTxD, context_kv, cross_mask_BxTxS):
         """The sublayers after self-attention, shared by the full pass and the cached step."""
         if self.cross_attention is not None and context_kv is not None:
-            x_BxTxD = self._cross_attend(x_BxTxD, positions_BxT, context_kv, cross_mask_BxTxS, condition_BxTxD)
+            x_BxTxD = self._cross_attend(x_BxTxD, cross_positions_BxT, context_kv, cross_mask_BxTxS, condition_BxTxD)
         return self.feed_forward(x_BxTxD, condition_BxTxD).astype(jnp.float32)
 
     def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask_BxTxT: jax.Array, *,
                  condition_BxTxD: jax.Array | None = None, context_kv: tuple | None = None,
-                 cross_mask_BxTxS: jax.Array | None = None, fast_path: FastPath | None = None) -> jax.Array:
+                 cross_mask_BxTxS: jax.Array | None = None, fast_path: FastPath | None = None,
+                 cross_positions_BxT: jax.Array | None = None) -> jax.Array:
         return self.prefill(x_BxTxD, positions_BxT, mask_BxTxT, condition_BxTxD=condition_BxTxD,
-                            context_kv=context_kv, cross_mask_BxTxS=cross_mask_BxTxS, fast_path=fast_path)[0]
+                            context_kv=context_kv, cross_mask_BxTxS=cross_mask_BxTxS, fast_path=fast_path,
+                            cross_positions_BxT=cross_positions_BxT)[0]
 
     def prefill(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask_BxTxT: jax.Array, *,
                 condition_BxTxD: jax.Array | None = None, context_kv: tuple | None = None,
-                cross_mask_BxTxS: jax.Array | None = None,
-                fast_path: FastPath | None = None) -> tuple[jax.Array, KVCache]:
+                cross_mask_BxTxS: jax.Array | None = None, fast_path: FastPath | None = None,
+                cross_positions_BxT: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
         """``__call__`` that also returns the self-attention cache of all T tokens.
 
         The sampler runs a teacher-forced prefix (SFS.md section 4: the bars already in
         a sliding window) through this in one parallel pass instead of token by token.
+        ``cross_positions_BxT`` rotate the cross-attention queries (default: ``positions_BxT``).
         """
         x, cache = self.self_attend_keeping_kv(x_BxTxD, positions_BxT, mask_BxTxT, condition_BxTxD, fast_path)
-        return self._cross_and_feed_forward(x, positions_BxT, condition_BxTxD, context_kv, cross_mask_BxTxS), cache
+        cross_positions = positions_BxT if cross_positions_BxT is None else cross_positions_BxT
+        return self._cross_and_feed_forward(x, cross_positions, condition_BxTxD, context_kv, cross_mask_BxTxS), cache
 
     def decode_step(self, x_Bx1xD: jax.Array, position_Bx1: jax.Array, cache: KVCache, t: jax.Array, *,
                     condition_Bx1xD: jax.Array | None = None, context_kv: tuple | None = None,
-                    cross_mask_Bx1xS: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+                    cross_mask_Bx1xS: jax.Array | None = None,
+                    cross_position_Bx1: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
         """``__call__`` for the single token t of every row, with its self-attention cache.
 
         ``context_kv`` is this layer's cross-attention ``KVCache`` of the encoded contexts
@@ -120,7 +125,8 @@ class Block(nnx.Module):
         contexts are encoded once); (keys, values) as in ``__call__`` work too.
         """
         x, cache = self.cached_self_attend(x_Bx1xD, position_Bx1, cache, t, condition_Bx1xD)
-        return self._cross_and_feed_forward(x, position_Bx1, condition_Bx1xD, context_kv, cross_mask_Bx1xS), cache
+        cross_position = position_Bx1 if cross_position_Bx1 is None else cross_position_Bx1
+        return self._cross_and_feed_forward(x, cross_position, condition_Bx1xD, context_kv, cross_mask_Bx1xS), cache
 
 
 def stack(n_layers: int, make_block) -> nnx.List:
