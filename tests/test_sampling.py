@@ -144,13 +144,18 @@ def test_forward_equivalence(model, batch, variant):
         assert np.abs(np.asarray(song_mode["pitch"]) - np.asarray(expected["pitch"]))[valid].max() > 1e-4
 
 
-@pytest.mark.parametrize("prefill", [False, True], ids=["stepwise", "prefill"])
-def test_forced_target_scores_like_teacher_forcing(model, batch, prefill):
+@pytest.mark.parametrize("prefill, positions", [(False, "song"), (True, "song"), (True, "segment")],
+                         ids=["stepwise", "prefill", "prefill_segment_positions"])
+def test_forced_target_scores_like_teacher_forcing(model, batch, prefill, positions):
     """Forcing the whole real target through the sampler reproduces it and its teacher-forced log-probs.
 
     Step by step this checks the sampler's own inputs (song frame, bar, START)
-    against ``shift_right``; with prefill, the one-pass prefix and its replay.
+    against ``shift_right``; with prefill, the one-pass prefix and its replay (also
+    with segment-relative cross-attention positions, whose keys need each context's
+    segment start inside the sampler's window).
     """
+    if positions == "segment":
+        model = SFSModel(model_config("tiny", cross_attention_positions="segment"), rngs=nnx.Rngs(0))
     lengths = _lengths(batch)
     sampler = SegmentSampler(model, SamplingConfig())
     state = sampler.start(batch, jax.random.key(3), N_FRAMES, lengths, prefill=prefill)

@@ -49,7 +49,7 @@ _PAD, _FRAME, _NOTE, _END = (int(t) for t in TokenType)
 _NO_PITCH = MIN_PITCH - 1  # "last pitch" of a frame with no note yet: every pitch is above it
 # Batch keys the sampler reads: what conditions a window, and the target fields of a prefix.
 _WINDOW_KEYS = ("window_start_bar", "segment_start_frame", "segment_end_frame", "song_n_frames",
-                "global_start_bar", "context_slot", "context_song_frame")
+                "global_start_bar", "context_slot", "context_song_frame", "context_segment_start_frame")
 _INPUT_KEYS = (*examples_lib.CONTEXT_KEYS, "bar_embedding", "bar_known", "bar_valid",
                *(k for k in examples_lib.SCALAR_KEYS if k != "n_beats"),
                "target_type", "target_pitch", "target_velocity", "target_duration")
