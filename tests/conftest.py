@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from sfs_jax.model.config import ModelConfig, model_config
 from sfs_jax.music import midi_io
 
 # One XLA compilation cache per test session: the same program compiled again (the
@@ -25,6 +26,17 @@ atexit.register(shutil.rmtree, _JIT_CACHE_DIR, ignore_errors=True)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 POP909_DIR = REPO_ROOT.parent / "shared" / "data" / "pop909"
 TINY_SYNTHETIC_SONGS = 24
+
+
+def live_tiny_config(**overrides) -> ModelConfig:
+    """The ``tiny`` preset with every structure path live at initialisation.
+
+    Perturbation and equivalence tests need the contexts and G to reach the logits of a
+    freshly initialised model; the default zero init of those paths
+    (``ModelConfig.zero_init_paths``) would make their checks pass without power. The
+    zero init itself is tested in test_model.py.
+    """
+    return model_config("tiny", zero_init_paths=(), **overrides)
 
 
 @pytest.fixture(scope="session")

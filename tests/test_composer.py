@@ -16,14 +16,13 @@ from data_pipeline import synthetic
 from experiments import generate
 from sfs_jax.data.examples import ExampleConfig
 from sfs_jax.model.bar_vae import BarVAE
-from sfs_jax.model.config import model_config
 from sfs_jax.model.sfs import SFSModel
 from sfs_jax.music import midi_io, tokenizer
 from sfs_jax.music import notes as notes_lib
 from sfs_jax.music.structure import StructureError, parse_structure
 from sfs_jax.sampling.composer import Callbacks, Composer, ComposeRequest, CompositionCancelled, fit_seed
 from sfs_jax.sampling.segment import SamplingConfig
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, live_tiny_config
 
 STRUCTURE = "A2 B3 A2 C1"  # B is longer than the 2-bar window: it slides one bar at a time
 TINY_EXAMPLES = ExampleConfig(window_bars=2, context_bars=2, target_buckets=(96, 128, 192, 256),
@@ -32,7 +31,7 @@ TINY_EXAMPLES = ExampleConfig(window_bars=2, context_bars=2, target_buckets=(96,
 
 @pytest.fixture(scope="module")
 def composer() -> Composer:
-    config = model_config("tiny")
+    config = live_tiny_config()
     model = SFSModel(config, rngs=nnx.Rngs(0))
     vae = BarVAE(config.vae, rngs=nnx.Rngs(1))
     return Composer(model, TINY_EXAMPLES, vae, SamplingConfig(max_tokens=256), chunk_tokens=64)

@@ -119,6 +119,10 @@ def test_command_line_model_overrides_reach_model_config() -> None:
     assert tasks.model_config_from(_parse_command_line("--config.model.context_slots=()")).context_slots == ()
     with pytest.raises(ValueError, match="unknown context slots"):
         tasks.model_config_from(_parse_command_line("--config.model.context_slots=('left','middle')"))
+    zero_g = tasks.model_config_from(_parse_command_line("--config.model.zero_init_paths=('global_view',)"))
+    assert zero_g.zero_init_paths == ("global_view",)
+    with pytest.raises(ValueError, match="unknown zero_init_paths"):
+        tasks.model_config_from(_parse_command_line("--config.model.zero_init_paths=('encoder',)"))
 
 
 def test_config_survives_the_checkpoint_json_round_trip() -> None:
@@ -146,4 +150,7 @@ def test_every_sweep_variant_is_a_valid_distinct_config(sweep: str) -> None:
     if sweep == "context":
         assert by_name["sfs_segment_positions"][0].cross_attention_positions == "segment"
         assert by_name["no_ref"][0].context_slots == ("left", "right", "seed")
+    if sweep == "init":
+        assert by_name["zero_G_segment"][0].zero_init_paths == ("global_view",)
+        assert by_name["random_song"][0].zero_init_paths == ()
     assert base.model.context_slots == ("left", "right", "seed", "ref")  # the base is not mutated

@@ -42,6 +42,7 @@ from sfs_jax.music.contexts import ContextSlot
 from sfs_jax.music.song import Song
 from sfs_jax.music.tokenizer import TokenType
 from sfs_jax.training import steps
+from tests.conftest import live_tiny_config
 
 EXAMPLES = ExampleConfig(window_bars=2, context_bars=2, target_buckets=(96, 128, 192, 256),
                          context_buckets=(32, 64, 128, 256), previous_token_budget=256)
@@ -81,8 +82,8 @@ def batch(tiny_synthetic_dataset: Path) -> Batch:
 class Forward:
     """A model's jitted teacher-forced pass: hidden states, the four heads' logits and the loss."""
 
-    def __init__(self, config: ModelConfig) -> None:
-        self.model = SFSModel(config, rngs=nnx.Rngs(0))
+    def __init__(self, config: ModelConfig, model: SFSModel | None = None) -> None:
+        self.model = SFSModel(config, rngs=nnx.Rngs(0)) if model is None else model
         graphdef, state = nnx.split(self.model)
 
         def forward(state: nnx.State, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -103,7 +104,7 @@ class Forward:
 
 @pytest.fixture(scope="module")
 def full() -> Forward:
-    return Forward(model_config("tiny"))
+    return Forward(live_tiny_config())
 
 
 def _random_like(values: np.ndarray, low: int, high: int, rng: np.random.Generator) -> np.ndarray:
@@ -146,7 +147,7 @@ def test_hidden_context_slots_have_no_effect_chosen_ones_do(batch: Batch, full: 
     Changing LEFT notes does change that model, and RIGHT notes change the full model,
     so the selection, not a dead cross-attention, is what hides them.
     """
-    hidden = Forward(model_config("tiny", context_slots=("left", "seed")))
+    hidden = Forward(live_tiny_config(context_slots=("left", "seed")))
     base = hidden(batch)
     slot = batch["context_slot"]
     right_ref = (slot == int(ContextSlot.RIGHT)) | (slot == int(ContextSlot.REF))
@@ -270,7 +271,7 @@ def test_no_global_view_ignores_bars_and_flat_ignores_all_structure(batch: Batch
     rng = np.random.default_rng(3)
     bars_changed = dict(batch, bar_embedding=rng.normal(size=batch["bar_embedding"].shape).astype(np.float32),
                         bar_known=~batch["bar_known"])
-    no_g = Forward(model_config("tiny", use_global_view=False))
+    no_g = Forward(live_tiny_config(use_global_view=False))
     assert no_g.model.global_view is None
     assert_same(no_g(batch), no_g(bars_changed))
 
@@ -306,7 +307,7 @@ def test_attention_paths_give_the_same_model(implementation: str, batch: Batch, 
         return real_attention(*args, implementation=implementation, **kwargs)
 
     monkeypatch.setattr(attention.jax.nn, "dot_product_attention", kernel)
-    other = Forward(model_config("tiny", attention_implementation=implementation))
+    other = Forward(live_tiny_config(attention_implementation=implementation))
     reference_out, other_out = full(batch), other(batch)
     # Only the decoder's causal self-attention has the fast form.
     assert (len(fast_calls) > 0 and all(fast_calls)) if implementation == "cudnn" else not fast_calls
@@ -346,11 +347,45 @@ def test_paper_preset_parameter_counts() -> None:
 def test_segment_cross_attention_positions(batch: Batch) -> None:
     """``cross_attention_positions='segment'``: queries at frames within the target segment, keys within their
     own context segment, so the same bar of a Ref and of the target meet at offset 0; unknown values are refused."""
-    model = SFSModel(model_config("tiny", cross_attention_positions="segment"), rngs=nnx.Rngs(0))
+    model = SFSModel(live_tiny_config(cross_attention_positions="segment"), rngs=nnx.Rngs(0))
     frames = jnp.asarray(batch["target_song_frame"])
     got = np.asarray(model.decoder.cross_query_positions(frames, {k: jnp.asarray(v) for k, v in batch.items()}))
     np.testing.assert_array_equal(got, batch["target_song_frame"] - batch["segment_start_frame"][:, None])
-    song = SFSModel(model_config("tiny"), rngs=nnx.Rngs(0))
+    song = SFSModel(live_tiny_config(), rngs=nnx.Rngs(0))
     np.testing.assert_array_equal(np.asarray(song.decoder.cross_query_positions(frames, batch)), np.asarray(frames))
     with pytest.raises(ValueError, match="cross_attention_positions"):
         model_config("tiny", cross_attention_positions="bar")
+
+
+def test_zero_init_structure_starts_as_flat_and_learns_the_paths(batch: Batch) -> None:
+    """``zero_init_paths`` (default: both): at step 0 contexts and G have no effect, yet their paths get gradient.
+
+    Every cross-attention output projection and G's last condition layer start at zero,
+    so changing every context token and every bar embedding leaves the logits bit-equal;
+    the loss's gradient reaches those zeroed kernels, and one gradient step on them is
+    enough for the contexts to matter (the check has power).
+    """
+    config = model_config("tiny")
+    assert config.zero_init_paths == ("cross_attention", "global_view")  # the default
+    zeroed = Forward(config)
+    rng = np.random.default_rng(5)
+    changed = perturb_context(batch, batch["context_slot"] > 0, seed=6)
+    changed["bar_embedding"] = rng.normal(size=batch["bar_embedding"].shape).astype(np.float32)
+    changed["bar_known"] = ~batch["bar_known"]
+    assert_same(zeroed(batch), zeroed(changed))
+
+    graphdef, state = nnx.split(zeroed.model)
+
+    def loss(state: nnx.State) -> jax.Array:
+        return steps.sfs_loss(nnx.merge(graphdef, state), batch, jax.random.key(0), 0)[0]
+
+    grads = jax.grad(loss)(state)
+    decoder_grads = grads["decoder"]
+    cross_out = [decoder_grads["blocks"][i]["cross_attention"]["out"]["kernel"].value
+                 for i in range(config.n_decoder_layers)]
+    condition_out = decoder_grads["condition"]["down"]["kernel"].value
+    assert all(np.any(np.asarray(g) != 0) for g in cross_out) and np.any(np.asarray(condition_out) != 0)
+
+    stepped = jax.tree.map(lambda p, g: p - 0.1 * g, state, grads)
+    after = Forward(config, nnx.merge(graphdef, stepped))
+    assert_changed(after(batch), after(changed), row=int(np.argmax((batch["context_slot"] > 0).any(axis=1))))

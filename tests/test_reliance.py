@@ -20,6 +20,7 @@ from tests.test_train import random_bar_embeddings, tiny_sfs_config
 def model_and_batches(tiny_synthetic_dataset: Path):
     """A random-init tiny SFS model (it depends on every input) and two validation batches, one jit shape."""
     config = tiny_sfs_config(eval_batches=2)
+    config.model.zero_init_paths = ()  # contexts and G reach the logits at init
     task = tasks.sfs_task(config, tiny_synthetic_dataset, random_bar_embeddings(tiny_synthetic_dataset))
     model = SFSModel(tasks.model_config_from(config), rngs=nnx.Rngs(params=0))
     return model, [model_inputs(batch) for batch in task.make_eval_iterator()]

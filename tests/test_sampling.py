@@ -28,6 +28,7 @@ from sfs_jax.music.song import Song
 from sfs_jax.music.tokenizer import DUR, FRAME, PITCH, TYPE, VEL, TokenType
 from sfs_jax.sampling import segment
 from sfs_jax.sampling.segment import HeadSampling, SamplingConfig, SegmentSampler
+from tests.conftest import live_tiny_config
 
 EXAMPLE_CONFIG = ExampleConfig(window_bars=2, context_bars=2, target_buckets=(96, 128, 192, 256),
                                context_buckets=(32, 64, 128, 256), previous_token_budget=256)
@@ -52,7 +53,7 @@ def batch() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def model() -> SFSModel:
-    return SFSModel(model_config("tiny"), rngs=nnx.Rngs(0))
+    return SFSModel(live_tiny_config(), rngs=nnx.Rngs(0))
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +129,8 @@ def test_forward_equivalence(model, batch, variant):
     if variant == "flat":
         model = SFSModel(flat_config(model_config("tiny")), rngs=nnx.Rngs(1))
     elif variant == "segment_positions":
-        model = SFSModel(model_config("tiny", cross_attention_positions="segment"), rngs=nnx.Rngs(0))
-        song_mode = _teacher_forced_logits(*nnx.split(SFSModel(model_config("tiny"), rngs=nnx.Rngs(0))),
+        model = SFSModel(live_tiny_config(cross_attention_positions="segment"), rngs=nnx.Rngs(0))
+        song_mode = _teacher_forced_logits(*nnx.split(SFSModel(live_tiny_config(), rngs=nnx.Rngs(0))),
                                            {k: jnp.asarray(v) for k, v in batch.items()})
     jbatch = {k: jnp.asarray(v) for k, v in batch.items()}
     expected = _teacher_forced_logits(*nnx.split(model), jbatch)
@@ -155,7 +156,7 @@ def test_forced_target_scores_like_teacher_forcing(model, batch, prefill, positi
     segment start inside the sampler's window).
     """
     if positions == "segment":
-        model = SFSModel(model_config("tiny", cross_attention_positions="segment"), rngs=nnx.Rngs(0))
+        model = SFSModel(live_tiny_config(cross_attention_positions="segment"), rngs=nnx.Rngs(0))
     lengths = _lengths(batch)
     sampler = SegmentSampler(model, SamplingConfig())
     state = sampler.start(batch, jax.random.key(3), N_FRAMES, lengths, prefill=prefill)

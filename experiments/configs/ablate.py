@@ -4,7 +4,7 @@ Every variant trains the same base config (``experiments/configs/sfs.py``) for t
 same budget on the same examples; only what the target may see changes, through
 ``model.context_slots`` (the attention mask), ``model.use_global_view``, or, for
 ``all_previous``, the example builder's ``context_mode``. ``flat`` is the paper's
-baseline.
+baseline. The ``init`` sweep compares initialisations of the structure paths.
 
     python -m experiments.ablate --sweep=context --config=experiments/configs/sfs.py:size=small \
         --workdir=runs/ablate
@@ -18,6 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 import ml_collections
+
+from sfs_jax.model.config import STRUCTURE_PATHS
 
 SFS_SLOTS = ("left", "right", "seed", "ref")
 AddFn = Callable[..., None]
@@ -52,7 +54,19 @@ def context_full(add: AddFn) -> None:
     add("flat", **{"model_name": "flat"})
 
 
-SWEEPS: dict[str, Callable[[AddFn], None]] = {"context": context, "context_full": context_full}
+def init(add: AddFn) -> None:
+    """Which structure paths start at zero (``model.zero_init_paths``), with song and segment cross-attention
+    positions: both paths (the default), G's condition only, cross-attention only, neither (random init);
+    Flat is the reference every SFS variant should beat."""
+    for name, paths in (("zero_both", STRUCTURE_PATHS), ("zero_G", ("global_view",)),
+                        ("zero_cross", ("cross_attention",)), ("random", ())):
+        for positions in ("song", "segment"):
+            add(f"{name}_{positions}", **{"model.zero_init_paths": paths,
+                                         "model.cross_attention_positions": positions})
+    add("flat", **{"model_name": "flat"})
+
+
+SWEEPS: dict[str, Callable[[AddFn], None]] = {"context": context, "context_full": context_full, "init": init}
 
 
 def variants(base: ml_collections.ConfigDict, sweep: str) -> list[tuple[str, ml_collections.ConfigDict]]:

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 CONTEXT_SLOT_NAMES = ("left", "right", "seed", "ref", "previous")
+# The paths that carry structure into the decoder, which ``ModelConfig.zero_init_paths`` may start at zero.
+STRUCTURE_PATHS = ("cross_attention", "global_view")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +53,14 @@ class ModelConfig:
     # frame) or "segment" (by their frame within their own segment, so a target bar and the same
     # bar of its Ref or Seed sit at relative offset 0 in every song).
     cross_attention_positions: str = "song"
+    # Structure paths (``STRUCTURE_PATHS``) whose last projection starts at zero: every
+    # cross-attention output projection ("cross_attention") and the last layer of G's condition
+    # MLP ("global_view"). With both, SFS computes exactly the Flat baseline's function at step 0
+    # (but for its segment codes) and the contexts and G are learned in, instead of entering as
+    # noise the decoder must first learn to suppress (Flamingo's zero-init gates do the same).
+    # SFS.md does not say how the original initialises them; () is plain random init.
+    # Measured on POP909 (small, 1500 steps): validation bits per beat 65.59 with both, 67.06 with ().
+    zero_init_paths: tuple[str, ...] = STRUCTURE_PATHS
     compute_dtype: str = "float32"  # "bfloat16" on accelerators; parameters stay float32
     attention_implementation: str = "auto"  # "auto" | "xla" | "cudnn" | "reference"
     vae: BarVAEConfig = dataclasses.field(default_factory=BarVAEConfig)
@@ -68,6 +78,9 @@ class ModelConfig:
         unknown = set(self.context_slots) - set(CONTEXT_SLOT_NAMES)
         if unknown:
             raise ValueError(f"unknown context slots {sorted(unknown)}; choose from {CONTEXT_SLOT_NAMES}")
+        unknown = set(self.zero_init_paths) - set(STRUCTURE_PATHS)
+        if unknown:
+            raise ValueError(f"unknown zero_init_paths {sorted(unknown)}; choose from {STRUCTURE_PATHS}")
 
 
 PRESETS: Mapping[str, dict[str, Any]] = {
@@ -95,6 +108,7 @@ def model_config(size: str = "paper", **overrides: Any) -> ModelConfig:
         fields["vae"] = dataclasses.replace(fields.get("vae", BarVAEConfig()), **vae_overrides)
     elif vae_overrides is not None:
         fields["vae"] = vae_overrides
-    if "context_slots" in fields:
-        fields["context_slots"] = tuple(fields["context_slots"])
+    for name in ("context_slots", "zero_init_paths"):
+        if name in fields:
+            fields[name] = tuple(fields[name])
     return ModelConfig(**fields)

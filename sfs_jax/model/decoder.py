@@ -82,6 +82,17 @@ class Decoder(nnx.Module):
             rngs=rngs))
         self.norm = layers.layer_norm(config.d_model, rngs)
         self.heads = Heads(config.d_model, rngs=rngs)
+        self._zero_structure_outputs(config.zero_init_paths)
+
+    def _zero_structure_outputs(self, paths: tuple[str, ...]) -> None:
+        """Zero the last projection of the named structure paths (``ModelConfig.zero_init_paths``)."""
+        outputs = []
+        if "cross_attention" in paths:
+            outputs += [block.cross_attention.out for block in self.blocks if block.cross_attention is not None]
+        if "global_view" in paths and self.condition is not None:
+            outputs.append(self.condition.down)
+        for linear in outputs:
+            linear.kernel.value = jnp.zeros_like(linear.kernel.value)
 
     def embed_inputs(self, inputs: dict[str, jax.Array], batch: dict[str, jax.Array]) -> jax.Array:
         shape_BxT = inputs["type"].shape
