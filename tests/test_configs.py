@@ -150,6 +150,7 @@ def test_every_sweep_variant_is_a_valid_distinct_config(sweep: str) -> None:
     if sweep == "context":
         assert by_name["sfs_segment_positions"][0].cross_attention_positions == "segment"
         assert by_name["no_ref"][0].context_slots == ("left", "right", "seed")
+        assert by_name["sfs_segment_aligned_ref"][1].ref_crop == "aligned"
     if sweep == "init":
         assert by_name["zero_G_segment"][0].zero_init_paths == ("global_view",)
         assert by_name["random_song"][0].zero_init_paths == ()

@@ -88,6 +88,17 @@ def test_crops_keep_last_bars_of_left_first_bars_of_others() -> None:
         context_bars(long, ContextSlot.PAD)
 
 
+def test_offset_crops_start_inside_the_segment_as_far_as_a_full_crop_allows() -> None:
+    long = Segment(4, 16, "A")
+    assert context_bars(long, REF, offset_bars=3) == (7, 15)
+    assert context_bars(long, REF, offset_bars=6) == (8, 16)  # a full 8-bar crop, not (10, 16)
+    assert context_bars(long, REF, max_bars=4, offset_bars=5) == (9, 13)
+    assert context_bars(Segment(4, 8, "A"), REF, offset_bars=3) == (4, 8)  # shorter than a crop: all of it
+    assert context_bars(long, L, offset_bars=3) == (8, 16)  # LEFT always ends at the segment's end
+    with pytest.raises(ValueError, match="offset_bars"):
+        context_bars(long, REF, offset_bars=-1)
+
+
 @st.composite
 def _structure_and_order(draw: st.DrawFn) -> tuple[list[Segment], list[int], int]:
     lengths = draw(st.lists(st.integers(1, 12), min_size=1, max_size=9))

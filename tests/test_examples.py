@@ -87,6 +87,28 @@ def test_each_sfs_context_lies_in_its_crop() -> None:
         assert np.all(np.diff(slots) >= 0)
 
 
+@pytest.mark.parametrize("ref_crop", ["first", "aligned"])
+def test_aligned_ref_crop_shows_the_bars_the_window_repeats(ref_crop: str) -> None:
+    """``ref_crop="aligned"``: a window 3 bars into A(16-24) sees bars 3..7 of its Ref A(0-8), at the same
+    frames within their segments as its own bars; "first" shows bars 0..4 (SFS.md section 1)."""
+    song = grid_song("A8 B8 A8")
+    config = dataclasses.replace(CONFIG, window_bars=4, context_bars=4, ref_crop=ref_crop)
+    plan = E.ExamplePlan(compose_order=(0, 1, 2), target_position=2, window_start_bar=19, window_bars=4)
+    example = E.build_example(song, plan, config)
+    is_ref = example["context_slot"] == int(ContextSlot.REF)
+    ref_bars = np.unique(example["context_song_frame"][is_ref] // FRAMES_PER_BAR)
+    expected = (3, 4, 5, 6) if ref_crop == "aligned" else (0, 1, 2, 3)
+    np.testing.assert_array_equal(ref_bars, expected)
+    seed_bars = np.unique(example["context_song_frame"][example["context_slot"] == int(ContextSlot.SEED)]
+                          // FRAMES_PER_BAR)
+    np.testing.assert_array_equal(seed_bars, (0, 1, 2, 3))  # only REF moves
+    if ref_crop == "aligned":
+        within_ref = example["context_song_frame"][is_ref] - example["context_segment_start_frame"][is_ref]
+        real = example["target_type"] != int(tokenizer.TokenType.PAD)
+        within_target = example["target_song_frame"][real] - int(example["segment_start_frame"])
+        assert within_ref.min() // FRAMES_PER_BAR == within_target.min() // FRAMES_PER_BAR == 3
+
+
 def test_target_window_is_inside_the_target_segment() -> None:
     windows_seen = set()
     for song, seed in CASES:
@@ -224,7 +246,7 @@ def test_bar_embeddings_of_the_wrong_length_raise() -> None:
 
 
 @pytest.mark.parametrize("change", [
-    {"context_mode": "nearest"}, {"target_buckets": (512, 384)}, {"max_song_bars": 300},
+    {"context_mode": "nearest"}, {"ref_crop": "last"}, {"target_buckets": (512, 384)}, {"max_song_bars": 300},
     {"previous_token_budget": 4096}, {"window_bars": 0}, {"target_buckets": (16,)}])
 def test_bad_configs_raise(change: dict) -> None:
     with pytest.raises(ValueError):

@@ -31,7 +31,7 @@ def _slots_name(slots: tuple[str, ...]) -> str:
 
 def context(add: AddFn) -> None:
     """The compact sweep: full SFS, each context left out, none, no G, segment-relative cross-attention
-    positions, all_previous, Flat."""
+    positions (with the first or the window-aligned bars of the Ref), all_previous, Flat."""
     add("sfs", **{"model.context_slots": SFS_SLOTS})
     for dropped in SFS_SLOTS:
         kept = tuple(s for s in SFS_SLOTS if s != dropped)
@@ -39,6 +39,8 @@ def context(add: AddFn) -> None:
     add("no_contexts", **{"model.context_slots": ()})
     add("sfs_no_G", **{"model.context_slots": SFS_SLOTS, "model.use_global_view": False})
     add("sfs_segment_positions", **{"model.context_slots": SFS_SLOTS, "model.cross_attention_positions": "segment"})
+    add("sfs_segment_aligned_ref", **{"model.context_slots": SFS_SLOTS, "model.cross_attention_positions": "segment",
+                                      "examples.ref_crop": "aligned"})
     add("all_previous", **{"model.context_slots": ("previous",), "examples.context_mode": "all_previous"})
     add("flat", **{"model_name": "flat"})
 

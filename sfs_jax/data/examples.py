@@ -35,6 +35,7 @@ from sfs_jax.music.song import Song
 from sfs_jax.music.structure import Segment, default_compose_order
 
 CONTEXT_MODES = ("sfs", "all_previous")
+REF_CROPS = ("first", "aligned")
 
 # Keys of an example, grouped by how ``loader.collate`` pads them.
 TARGET_KEYS = ("target_type", "target_pitch", "target_velocity", "target_duration", "target_frame",
@@ -56,11 +57,18 @@ class ExampleConfig:
     ``bar_buckets`` are the global view's lengths G; ``max_song_bars`` must fit in the
     largest. The largest context bucket is the total context budget, shared fairly
     between the SFS slots (a slot shorter than its share leaves the rest to others).
+
+    ``ref_crop="first"`` crops REF to its first ``context_bars`` bars (SFS.md section 1);
+    ``"aligned"`` to the bars at the window's offset in the target segment, so a window
+    deep in a segment longer than ``context_bars`` still sees the same bars of its
+    reference (with 4-bar windows, half the windows of an 8-bar segment see none of the
+    bars they repeat under "first", and in generation every slid window does).
     """
 
     window_bars: int = 8
     context_bars: int = 8
     context_mode: str = "sfs"
+    ref_crop: str = "first"
     previous_token_budget: int = 1024
     target_buckets: tuple[int, ...] = (384, 512, 768, 1024)
     context_buckets: tuple[int, ...] = (128, 256, 512, 1024, 1536)
@@ -70,6 +78,8 @@ class ExampleConfig:
     def __post_init__(self) -> None:
         if self.context_mode not in CONTEXT_MODES:
             raise ValueError(f"context_mode {self.context_mode!r} not in {CONTEXT_MODES}")
+        if self.ref_crop not in REF_CROPS:
+            raise ValueError(f"ref_crop {self.ref_crop!r} not in {REF_CROPS}")
         if self.window_bars < 1 or self.context_bars < 1:
             raise ValueError("window_bars and context_bars must be >= 1")
         for name in ("target_buckets", "context_buckets", "bar_buckets"):
@@ -213,9 +223,18 @@ def context_sources(segments: Sequence[Segment], plan: ExamplePlan,
     return [(slot, chosen[slot]) for slot in SFS_SLOTS if chosen[slot] is not None]
 
 
-def _cropped_notes(song: Song, segment: Segment, slot: ContextSlot, max_bars: int) -> np.ndarray:
+def context_crop_offset(plan: ExamplePlan, segments: Sequence[Segment], slot: ContextSlot,
+                        config: ExampleConfig) -> int:
+    """Bars into its segment where a context's crop starts: the window's offset for an aligned REF, else 0."""
+    if slot == ContextSlot.REF and config.ref_crop == "aligned":
+        return plan.window_start_bar - segments[plan.target].start_bar
+    return 0
+
+
+def _cropped_notes(song: Song, segment: Segment, slot: ContextSlot, max_bars: int,
+                   offset_bars: int) -> np.ndarray:
     """The context's notes with onsets in song frames (crop per ``context_bars``)."""
-    start_bar, end_bar = context_bars(segment, slot, max_bars)
+    start_bar, end_bar = context_bars(segment, slot, max_bars, offset_bars)
     notes_Nx4 = notes_in_bars(song.notes_Nx4, start_bar, end_bar)
     notes_Nx4[:, ONSET] += start_bar * FRAMES_PER_BAR
     return notes_Nx4
@@ -266,7 +285,8 @@ def _context_tokens(song: Song, plan: ExamplePlan, config: ExampleConfig,
     as lost notes too, so the flag measures how often the budget binds.
     """
     sources = context_sources(song.segments, plan, config.context_mode)
-    notes = [_cropped_notes(song, song.segments[i], slot, config.context_bars) for slot, i in sources]
+    notes = [_cropped_notes(song, song.segments[i], slot, config.context_bars,
+                            context_crop_offset(plan, song.segments, slot, config)) for slot, i in sources]
     lengths = [len(n) for n in notes]
     if config.context_mode == "all_previous":
         shares = _greedy_shares(lengths, config.previous_token_budget)

@@ -98,18 +98,26 @@ def select_contexts(segments: Sequence[Segment], composed: Sequence[int],
     }
 
 
-def context_bars(segment: Segment, slot: ContextSlot,
-                 max_bars: int = DEFAULT_CONTEXT_BARS) -> tuple[int, int]:
+def context_bars(segment: Segment, slot: ContextSlot, max_bars: int = DEFAULT_CONTEXT_BARS,
+                 offset_bars: int = 0) -> tuple[int, int]:
     """Song bars [start_bar, end_bar) of ``segment`` that a context in ``slot`` shows.
 
     SFS.md section 1 crops every context to 8 bars: LEFT keeps its last bars, the
     ones nearest the target that follows it; every other slot (RIGHT, SEED, REF,
     PREVIOUS) keeps its first bars, where a section states its material.
+
+    ``offset_bars`` (not LEFT) starts the crop that many bars into the segment, as far
+    as the segment allows a full crop: the aligned REF crop (``ExampleConfig.ref_crop``)
+    shows the bars of the same material that a window starting ``offset_bars`` into
+    its own segment is writing, instead of the first bars only.
     """
     if max_bars < 1:
         raise ValueError(f"max_bars must be >= 1, got {max_bars}")
+    if offset_bars < 0:
+        raise ValueError(f"offset_bars must be >= 0, got {offset_bars}")
     if slot == ContextSlot.PAD:
         raise ValueError("a PAD slot has no bars")
     if slot == ContextSlot.LEFT:
         return max(segment.start_bar, segment.end_bar - max_bars), segment.end_bar
-    return segment.start_bar, min(segment.end_bar, segment.start_bar + max_bars)
+    start = segment.start_bar + min(offset_bars, max(segment.n_bars - max_bars, 0))
+    return start, min(segment.end_bar, start + max_bars)

@@ -272,7 +272,11 @@ def _new_notes(tokens_Tx5: np.ndarray, window_start: int, new_bar: int, end_bar:
 
 def context_summary(segments: Sequence[Segment], chosen: dict[str, int | None],
                     max_bars: int = 8) -> dict[str, dict | None]:
-    """Which segment (and cropped bars) each slot used, for reports and the app's ``context`` events."""
+    """Which segment (and cropped bars) each slot used, for reports and the app's ``context`` events.
+
+    The bars are the crop of the segment's first window; with ``ExampleConfig.ref_crop="aligned"``
+    the REF crop moves on with each later window of a segment longer than the window.
+    """
     out: dict[str, dict | None] = {}
     for name, index in chosen.items():
         if index is None:
