@@ -121,6 +121,10 @@ def test_command_line_model_overrides_reach_model_config() -> None:
         tasks.model_config_from(_parse_command_line("--config.model.context_slots=('left','middle')"))
     zero_g = tasks.model_config_from(_parse_command_line("--config.model.zero_init_paths=('global_view',)"))
     assert zero_g.zero_init_paths == ("global_view",)
+    # Every ExampleConfig field is in the config, so each can be overridden too.
+    aligned = _parse_command_line("--config.examples.ref_crop=aligned", "--config.examples.max_song_bars=128")
+    examples = tasks.example_config_from(aligned)
+    assert (examples.ref_crop, examples.max_song_bars) == ("aligned", 128)
     with pytest.raises(ValueError, match="unknown zero_init_paths"):
         tasks.model_config_from(_parse_command_line("--config.model.zero_init_paths=('encoder',)"))
 
@@ -155,3 +159,10 @@ def test_every_sweep_variant_is_a_valid_distinct_config(sweep: str) -> None:
         assert by_name["zero_G_segment"][0].zero_init_paths == ("global_view",)
         assert by_name["random_song"][0].zero_init_paths == ()
     assert base.model.context_slots == ("left", "right", "seed", "ref")  # the base is not mutated
+
+
+def test_sweep_override_of_a_missing_field_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A misspelt override must not train the base config under the variant's name."""
+    monkeypatch.setitem(ablate_configs.SWEEPS, "typo", lambda add: add("x", **{"examples.ref_cropp": "aligned"}))
+    with pytest.raises(KeyError, match=r"examples\.ref_cropp"):
+        ablate_configs.variants(sfs_configs.get_config("size=tiny"), "typo")

@@ -77,13 +77,14 @@ def variants(base: ml_collections.ConfigDict, sweep: str) -> list[tuple[str, ml_
 
     def add(name: str, **overrides: Any) -> None:
         config = copy.deepcopy(base)
-        with config.unlocked():
-            for dotted, value in overrides.items():
-                node = config
-                *parents, leaf = dotted.split(".")
-                for parent in parents:
-                    node = node[parent]
-                node[leaf] = value
+        for dotted, value in overrides.items():
+            node = config
+            *parents, leaf = dotted.split(".")
+            for parent in parents:
+                node = node[parent]
+            if leaf not in node:  # a typo would otherwise train the base config under a new name
+                raise KeyError(f"sweep {sweep!r}, variant {name!r}: {dotted} is not a config field")
+            node[leaf] = value
         out.append((name, config))
 
     SWEEPS[sweep](add)

@@ -17,6 +17,7 @@ import dataclasses
 import ml_collections
 
 from experiments.configs import common
+from sfs_jax.data.examples import ExampleConfig
 from sfs_jax.model.config import model_config
 
 TRAIN_BY_SIZE = {
@@ -53,8 +54,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     preset.pop("vae")
     preset.update(compute_dtype=args.compute_dtype or ("bfloat16" if args.size == "paper" else "float32"))
     config.model = ml_collections.ConfigDict(preset)
-    # Field overrides of sfs_jax.data.examples.ExampleConfig.
-    config.examples = ml_collections.ConfigDict(dict(context_mode="sfs", **EXAMPLES_BY_SIZE[args.size]))
+    # Every sfs_jax.data.examples.ExampleConfig field, with the size's values, so any can be overridden.
+    config.examples = ml_collections.ConfigDict(
+        dataclasses.asdict(ExampleConfig(context_mode="sfs", **EXAMPLES_BY_SIZE[args.size])))
     config.data = common.data_block(builder=args.data,
                                     num_songs=64 if args.size == "tiny" else 512)
     # Where the bar VAE lives (experiments/train.py trains it first when empty and G is on).
