@@ -16,7 +16,10 @@ same note-level metrics, and writes under ``--out``:
 - ``midi/<model>/<structure>/<seed_song_id>_<k>.mid`` (a marker per segment, the
   seed flagged) and ``pianoroll/<model>/<structure>/<seed_song_id>_<k>.png``;
 - ``plots/<model>.png`` and ``plots/real.png``: self-similarity matrices with segment
-  boundaries and fitness scape plots of a few example songs.
+  boundaries and fitness scape plots of a few example songs;
+- ``paired.md`` / ``paired.csv``: every model minus ``--baseline`` (default flat) on the
+  same songs, with intervals over seed songs (``sfs_jax.evaluation.paired``); to pair
+  models evaluated in separate runs, ``python -m experiments.paired``.
 
 Every workdir, structure, number and the dataset split are checked before any
 model is loaded. The rules the protocol follows (seed choice, seed placement, Flat,
@@ -32,7 +35,7 @@ import ml_collections
 from absl import app, flags
 
 from experiments import pipeline
-from sfs_jax.evaluation import protocol
+from sfs_jax.evaluation import paired, protocol
 from sfs_jax.music.structure import StructureError
 
 
@@ -52,6 +55,8 @@ def define_flags() -> None:
     flags.DEFINE_string("out", "runs/evaluation", "Output folder.")
     flags.DEFINE_integer("seed", 0, "Seed of the seed-song draw, the compose orders and the sampling keys.")
     flags.DEFINE_integer("workers", 2, "Processes for a dataset build, if one is needed.")
+    flags.DEFINE_string("baseline", "flat", "Model the others are paired with (paired.md); skipped when it is not "
+                        "among --models or is the only one.")
 
 
 def resolve_dataset(dataset_dir: str, first_model_config: ml_collections.ConfigDict, workers: int) -> Path:
@@ -90,6 +95,9 @@ def main(argv: list[str]) -> None:
     plan = make_plan(flags.FLAGS)
     result = protocol.execute(plan)
     print(result.markdown)
+    names = [spec.name for spec in plan.config.models]
+    if flags.FLAGS.baseline in names and len(names) > 1:
+        print(paired.write_paired(Path(plan.config.out), result.rows, flags.FLAGS.baseline))
     print(f"written under {plan.config.out}")
 
 

@@ -27,7 +27,7 @@ from scipy import stats
 
 from experiments import evaluate
 from experiments.configs import sfs as sfs_configs
-from sfs_jax.evaluation import protocol
+from sfs_jax.evaluation import paired, protocol
 from sfs_jax.music import midi_io
 from sfs_jax.music import notes as notes_lib
 from sfs_jax.music.song import Song
@@ -219,3 +219,13 @@ def test_cli_turns_bad_inputs_into_usage_errors(tmp_path: Path) -> None:
     with pytest.raises(app.UsageError, match="--models is empty"):
         evaluate.make_plan(SimpleNamespace(**{**vars(args), "models": []}))
     assert not (tmp_path / "out").exists()
+
+
+def test_protocol_rows_pair_with_the_baseline(evaluation) -> None:
+    """The in-memory rows of a run and its per_song.csv give the same paired table (experiments.evaluate
+    writes the first, experiments.paired reads the second)."""
+    result, out = evaluation
+    in_memory = paired.write_paired(out / "paired_memory", result.rows, "flat")
+    from_file = paired.write_paired(out / "paired_file", paired.read_per_song([out / "per_song.csv"]), "flat")
+    assert in_memory == from_file
+    assert f"| sfs | {SAMPLES} |" in in_memory
