@@ -357,7 +357,7 @@ def test_segment_cross_attention_positions(batch: Batch) -> None:
         model_config("tiny", cross_attention_positions="bar")
 
 
-def test_zero_init_structure_starts_as_flat_and_learns_the_paths(batch: Batch) -> None:
+def test_zero_init_paths_start_as_flat_and_learn_the_paths(batch: Batch) -> None:
     """``zero_init_paths`` (default: both): at step 0 contexts and G have no effect, yet their paths get gradient.
 
     Every cross-attention output projection and G's last condition layer start at zero,

@@ -5,12 +5,12 @@
 #   python -m data_pipeline.build --config=pop909 --manual_dir=../shared/data/pop909 --data_dir=runs/pop909/tfds
 #   device run, carry [".whl", "runs/pop909/tfds"]:
 #     bash benchmarks/gpu/run_all.sh bench     # MFU (paper, bf16) + generation speed, about 4 min
-#     bash benchmarks/gpu/run_all.sh train     # VAE, SFS, Flat on POP909 under a wall-clock budget
+#     bash benchmarks/gpu/run_all.sh train     # VAE, SFS, Flat, SFS (segment) on POP909 under a wall-clock budget
 #
 # Everything lands in $OUT (the device tool brings it back): one log per step and the
 # metrics.jsonl of each training run (the learning curves; `python -m benchmarks.gpu.curves`
 # plots them here). Budgets come from the environment so a session can fit its lease:
-# VAE_SECONDS, SFS_SECONDS, FLAT_SECONDS (training loop time of each run, compile excluded).
+# VAE_SECONDS, SFS_SECONDS, FLAT_SECONDS, SFS_SEGMENT_SECONDS (training loop time of each run, compile excluded).
 # SIZE=tiny runs the same steps on a CPU in a minute (how the script itself is checked).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -61,12 +61,17 @@ case ${1:-bench} in
       --config.data.dataset_dir="$DATASET" --config.train.max_train_seconds="${VAE_SECONDS:-90}" "${VAE[@]}" \
       --workdir="$RUNS/vae"
     cp "$RUNS/vae/metrics.jsonl" "$OUT/vae_metrics.jsonl" 2>/dev/null
-    for model in sfs flat; do
-      budget_var=${model^^}_SECONDS
-      step "$model" "$PY" -m experiments.train --config="experiments/configs/sfs.py:size=$SIZE,model=$model" \
+    # sfs_segment: SFS with segment-relative cross-attention positions and the window-aligned Ref crop,
+    # the configuration that learnt to use its contexts on the CPU (README, results on POP909).
+    for run in sfs flat sfs_segment; do
+      model=${run%_segment}; extra=()
+      [ "$run" = sfs_segment ] && extra=(--config.model.cross_attention_positions=segment
+                                         --config.examples.ref_crop=aligned --config.model_name=sfs_segment)
+      budget_var=${run^^}_SECONDS
+      step "$run" "$PY" -m experiments.train --config="experiments/configs/sfs.py:size=$SIZE,model=$model" \
         --config.data.dataset_dir="$DATASET" --config.vae_workdir="$RUNS/vae" \
-        --config.train.max_train_seconds="${!budget_var:-150}" "${LM[@]}" --workdir="$RUNS/$model"
-      cp "$RUNS/$model/metrics.jsonl" "$OUT/${model}_metrics.jsonl" 2>/dev/null
+        --config.train.max_train_seconds="${!budget_var:-150}" "${LM[@]}" "${extra[@]}" --workdir="$RUNS/$run"
+      cp "$RUNS/$run/metrics.jsonl" "$OUT/${run}_metrics.jsonl" 2>/dev/null
     done
     ;;
   *) echo "usage: $0 bench|train" >&2; exit 2 ;;
