@@ -73,6 +73,12 @@ def _select_segment(page, index: int) -> None:
     page.click(f".seg[data-index='{index}'] .seg-name")
 
 
+def _fill_chips(page) -> int:
+    """Chips in the fill order once the server's order has arrived (it lags an edit by a request)."""
+    page.wait_for_selector("#fill-order:not([data-pending])", state="attached")
+    return page.locator("#fill-order .chip").count()
+
+
 def _wait_state(page, *states: str) -> str:
     selector = ", ".join(f"#status[data-state='{s}']" for s in states)
     page.wait_for_selector(selector)
@@ -223,7 +229,7 @@ def test_takes_bar_ranges_and_fill_order(page, tmp_path: Path) -> None:
     _select_segment(page, 0)
     page.set_input_files("#seed-file", str(write_seed_midi(tmp_path / "seed.mid")))
     page.wait_for_selector(".seg[data-index='0'] .badge")
-    assert page.locator("#fill-order .chip").count() == 2  # the empty segments, never the seed
+    assert _fill_chips(page) == 2  # the empty segments, never the seed
 
     # two takes of segment 1: flip back to the first, accept it, undo the accept
     rows = "JSON.stringify(sfsApp.doc.notes.filter(n => n.onset >= 64 && n.onset < 128)" \
@@ -257,4 +263,4 @@ def test_takes_bar_ranges_and_fill_order(page, tmp_path: Path) -> None:
     _wait_state(page, "done")
     assert page.evaluate(outside) == before
     assert page.evaluate("sfsApp.doc.notes.filter(n => n.onset >= 128 && n.onset < 160).length") > 0
-    assert page.locator("#fill-order .chip").count() == 0  # C has notes now: nothing left to fill
+    assert _fill_chips(page) == 0  # C has notes now: nothing left to fill

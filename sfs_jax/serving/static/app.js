@@ -38,6 +38,8 @@ class App {
     this.redoStack = [];
     this.editBefore = null;
     this.nextId = 1;
+    this.orderTimer = null;
+    this.orderRequest = 0;  // id of the latest /api/order request; only it may set the fill order
     this.info = null;
     this.maxBars = 200;
     this.piano = new Piano();
@@ -527,20 +529,30 @@ class App {
   refreshFillOrder() {
     const empty = song.emptySegments(this.doc);
     const current = this.ui.fillOrder.filter((i) => empty.includes(i));
+    clearTimeout(this.orderTimer);
+    this.orderRequest += 1;
+    const request = this.orderRequest;
     if (current.length === empty.length) {
+      delete $("fill-order").dataset.pending;
       this.ui.fillOrder = current;
       this.renderFillOrder();
       return;
     }
-    clearTimeout(this.orderTimer);
+    // The order is the server's (seeded compose order), so the chips lag the edit by a
+    // request; data-pending says so, for anyone (a test, a screen reader) waiting on them.
+    // Only the latest request may answer: an older one finishing late would show a stale order.
+    $("fill-order").dataset.pending = "true";
     this.orderTimer = setTimeout(async () => {
       try {
         const { order } = await postJSON("/api/order", { ...this.songBody(), seed: this.seed() });
+        if (request !== this.orderRequest) return;
         const kept = this.ui.fillOrder.filter((i) => order.includes(i));
         this.ui.fillOrder = [...kept, ...order.filter((i) => !kept.includes(i))];
       } catch (err) {
+        if (request !== this.orderRequest) return;
         this.ui.fillOrder = empty;
       }
+      delete $("fill-order").dataset.pending;
       this.renderFillOrder();
       this.renderButtons();
     }, 150);
