@@ -39,7 +39,7 @@ def main(argv: list[str]) -> None:
     if not Path(args.workdir).is_dir():
         raise app.UsageError(f"--workdir {args.workdir} is not a folder")
     model, config, meta = load_trained(args.workdir)
-    if config.get("model_name") == "flat":
+    if tasks.model_name_of(config) == "flat":
         raise app.UsageError("a Flat model has no contexts or G to hide")
     if args.eval_batches:
         config.train.eval_batches = args.eval_batches

@@ -63,12 +63,14 @@ def ensure_bar_embeddings(vae_workdir: str | Path, dataset_dir: Path) -> tuple[d
 
 def run(config, workdir: str, workers: int = 2) -> dict:
     """Dataset -> (embeddings) -> task -> training; returns the final summaries."""
+    # A wrong task, model name or model field fails here, before a dataset build or a VAE run.
+    model_cfg = tasks.model_config_from(config)
     dataset_dir = ensure_dataset(config.data, workers)
     if config.task == "bar_vae":
         task = tasks.vae_task(config, dataset_dir)
     else:
         embeddings = None
-        if tasks.model_config_from(config).use_global_view:
+        if model_cfg.use_global_view:
             embeddings, fingerprint = ensure_bar_embeddings(config.vae_workdir, dataset_dir)
             config.vae_fingerprint = fingerprint
         config.data.dataset_dir = str(dataset_dir)

@@ -89,6 +89,33 @@ def test_flat_and_bad_arguments() -> None:
         sfs_configs.get_config("model=gpt")
 
 
+def test_model_name_override_that_names_no_model_is_refused(tmp_path) -> None:
+    """``--config.model_name=flat_4k`` once trained SFS silently; now it stops before any work."""
+    from experiments import pipeline
+
+    config = sfs_configs.get_config("size=tiny,model=flat")
+    config.model_name = "flat_4k"
+    with pytest.raises(ValueError, match="model_name must be one of"):
+        tasks.model_config_from(config)
+    config.data.data_dir = str(tmp_path / "data")
+    with pytest.raises(ValueError, match="model_name must be one of"):
+        pipeline.run(config, str(tmp_path / "run"))
+    assert not any(tmp_path.iterdir())  # no dataset built, no workdir made
+
+
+def test_saved_config_with_a_label_for_model_name_loads_as_the_sfs_it_trained(tmp_path) -> None:
+    from sfs_jax.training.restore import upgrade_saved_config
+
+    saved = sfs_configs.get_config("size=tiny")
+    saved.model_name = "sfs_segment_4k"  # what older code wrote and trained as SFS
+    upgraded = upgrade_saved_config(ml_collections.ConfigDict(saved.to_dict()), tmp_path)
+    assert upgraded.model_name == "sfs" and tasks.model_config_from(upgraded) == model_config("tiny")
+    flat = sfs_configs.get_config("size=tiny,model=flat")
+    assert upgrade_saved_config(flat, tmp_path).model_name == "flat"
+    vae = bar_vae_configs.get_config("size=tiny")
+    assert upgrade_saved_config(vae, tmp_path).model_name == "bar_vae"
+
+
 @pytest.mark.parametrize("size", ["paper", "small", "tiny"])
 def test_bar_vae_presets(size: str) -> None:
     """The bar VAE config of each size trains the VAE of the same model preset."""

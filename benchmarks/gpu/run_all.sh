@@ -66,7 +66,7 @@ case ${1:-bench} in
     for run in sfs flat sfs_segment; do
       model=${run%_segment}; extra=()
       [ "$run" = sfs_segment ] && extra=(--config.model.cross_attention_positions=segment
-                                         --config.examples.ref_crop=aligned --config.model_name=sfs_segment)
+                                         --config.examples.ref_crop=aligned)
       budget_var=${run^^}_SECONDS
       step "$run" "$PY" -m experiments.train --config="experiments/configs/sfs.py:size=$SIZE,model=$model" \
         --config.data.dataset_dir="$DATASET" --config.vae_workdir="$RUNS/vae" \

@@ -523,7 +523,7 @@ def model_line(spec: ModelSpec, config: ml_collections.ConfigDict, step: Any) ->
     """A row of the models table: what each evaluated checkpoint is."""
     model = tasks.model_config_from(config)
     slots = ",".join(model.context_slots) or "none"
-    return (f"| {spec.name} | {spec.workdir} | {config.get('model_name', 'sfs')} ({config.get('model_size', '?')}) "
+    return (f"| {spec.name} | {spec.workdir} | {tasks.model_name_of(config)} ({config.get('model_size', '?')}) "
             f"| {slots} | {'on' if model.use_global_view else 'off'} | {step} |")
 
 

@@ -13,12 +13,13 @@ from typing import Any
 import jax
 import ml_collections
 import optax
+from absl import logging
 from flax import nnx
 
 from sfs_jax.model import bar_vae
 from sfs_jax.model.sfs import SFSModel
 from sfs_jax.training.checkpoint import Checkpoints, read_meta
-from sfs_jax.training.tasks import model_config_from
+from sfs_jax.training.tasks import MODEL_NAMES, model_config_from
 from sfs_jax.training.train import make_optimizer
 
 
@@ -31,12 +32,26 @@ def make_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
     return SFSModel(model_cfg, rngs=rngs)
 
 
+def upgrade_saved_config(config: ml_collections.ConfigDict, workdir: Path) -> ml_collections.ConfigDict:
+    """A saved config as today's code reads it.
+
+    Before ``model_name`` was checked, any name but ``flat`` trained SFS, so a
+    checkpoint saved with a label there (``sfs_segment_4k``) holds an SFS model: it is
+    read as ``sfs`` (logged) rather than refused, so no trained run becomes unloadable.
+    """
+    if config.get("task", "sfs") == "sfs" and config.get("model_name", "sfs") not in MODEL_NAMES["sfs"]:
+        logging.warning("%s: saved model_name %r is a label from before model names were checked; "
+                        "it trained SFS, so it is read as 'sfs'", workdir, config.model_name)
+        config.model_name = "sfs"
+    return config
+
+
 def load_trained(workdir: str | Path, best: bool = True, compute_dtype: str | None = None
                  ) -> tuple[nnx.Module, ml_collections.ConfigDict, dict[str, Any]]:
     """(model, config, meta) of a workdir's best (or latest) checkpoint."""
     workdir = Path(workdir)
     meta = read_meta(workdir, best=best)
-    config = ml_collections.ConfigDict(meta["config"])
+    config = upgrade_saved_config(ml_collections.ConfigDict(meta["config"]), workdir)
     if compute_dtype:
         config.model.compute_dtype = compute_dtype
     tx: optax.GradientTransformation = make_optimizer(config.train)[0]

@@ -67,11 +67,32 @@ def to_dict(value: Any) -> dict:
     return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else dict(value)
 
 
+MODEL_NAMES = {"sfs": ("sfs", "flat"), "bar_vae": ("bar_vae",)}  # by config.task
+
+
+def model_name_of(config: ml_collections.ConfigDict) -> str:
+    """Which model a config trains: ``sfs`` or ``flat`` (task ``sfs``), ``bar_vae``.
+
+    ``model_name`` chooses the architecture, so it is checked rather than read as a
+    label: ``--config.model_name=flat_4k`` would otherwise train SFS without a word.
+    A run is named by its workdir.
+    """
+    task = config.get("task", "sfs")
+    names = MODEL_NAMES.get(task)
+    if names is None:
+        raise ValueError(f"config.task must be one of {tuple(MODEL_NAMES)}, got {task!r}")
+    name = config.get("model_name", names[0])
+    if name not in names:
+        raise ValueError(f"config.model_name must be one of {names} for task {task!r} (it picks the model, "
+                         f"it is not a label: name a run by its --workdir), got {name!r}")
+    return name
+
+
 def model_config_from(config: ml_collections.ConfigDict) -> ModelConfig:
     """The frozen ModelConfig of an experiment config (Flat applies its switches last)."""
     overrides = to_dict(config.model)
     model = model_config(config.model_size, **overrides)
-    return flat_config(model) if config.get("model_name", "sfs") == "flat" else model
+    return flat_config(model) if model_name_of(config) == "flat" else model
 
 
 def example_config_from(config: ml_collections.ConfigDict) -> ExampleConfig:
@@ -102,7 +123,7 @@ def sfs_task(config: ml_collections.ConfigDict, dataset_dir: str | Path,
                                   num_epochs=epochs, shuffle=shuffle, bar_embeddings=embeddings)
 
     return Task(
-        name=config.get("model_name", "sfs"),
+        name=model_name_of(config),
         make_model=lambda rngs: SFSModel(model_cfg, rngs=rngs),
         loss_fn=steps.sfs_loss,
         normalizer_fn=steps.sfs_normalizers,
