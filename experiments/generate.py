@@ -122,7 +122,7 @@ def main(argv: list[str]) -> None:
         "sampling": {"temperature": _TEMPERATURE.value, "top_p": _TOP_P.value, "top_k": _TOP_K.value},
         "tempo_bpm": request.tempo_bpm, "seed_segment": results[0].seed_segment,
         "compose_order": list(results[0].compose_order),
-        "contexts": {str(k): context_summary(request.segments, v, composer.example_config.context_bars)
+        "contexts": {str(k): context_summary(request.segments, v, composer.example_config, k)
                      for k, v in results[0].contexts.items()},
         "seconds": round(seconds, 2), "beats_per_second": round(written_beats / seconds, 2),
         "notes": [len(r.song.notes_Nx4) for r in results],

@@ -5,6 +5,8 @@ r"""Paired differences to a baseline across one or more evaluation folders (sfs_
 
 Evaluations run separately with the same ``--seed``, split, seed count and structures
 compose the same songs with the same keys, so their models can be paired afterwards.
+A model in several folders (Flat evaluated beside each SFS variant) is read once, and
+only if its songs score the same in each: a check that the settings matched.
 Writes ``paired.md`` and ``paired.csv`` under ``--out`` and prints the table.
 """
 

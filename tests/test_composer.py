@@ -20,7 +20,14 @@ from sfs_jax.model.sfs import SFSModel
 from sfs_jax.music import midi_io, tokenizer
 from sfs_jax.music import notes as notes_lib
 from sfs_jax.music.structure import StructureError, parse_structure
-from sfs_jax.sampling.composer import Callbacks, Composer, ComposeRequest, CompositionCancelled, fit_seed
+from sfs_jax.sampling.composer import (
+    Callbacks,
+    Composer,
+    ComposeRequest,
+    CompositionCancelled,
+    context_summary,
+    fit_seed,
+)
 from sfs_jax.sampling.segment import SamplingConfig
 from tests.conftest import REPO_ROOT, live_tiny_config
 
@@ -172,3 +179,18 @@ def test_generate_cli_refuses_bad_input_without_writing(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "not_midi_or_corrupt" in result.stderr + result.stdout
     assert not out.exists()
+
+
+def test_context_summary_spans_every_window_of_an_aligned_ref() -> None:
+    """A12 B4 A12 with 4-bar windows: the second A's windows start 0..8 bars in, so its aligned Ref spans bars 0-12."""
+    segments = parse_structure("A12 B4 A12")
+    chosen = {"left": 1, "right": None, "seed": None, "ref": 0}
+    first = ExampleConfig(window_bars=4, context_bars=4)
+    aligned = ExampleConfig(window_bars=4, context_bars=4, ref_crop="aligned")
+    assert context_summary(segments, chosen, first, 2)["ref"] == {"segment": 0, "label": "A", "bars": [0, 4]}
+    assert context_summary(segments, chosen, aligned, 2)["ref"] == {"segment": 0, "label": "A", "bars": [0, 12]}
+    for config in (first, aligned):  # LEFT keeps its last bars, whatever the Ref crop
+        summary = context_summary(segments, chosen, config, 2)
+        assert summary["left"]["bars"] == [12, 16] and summary["right"] is None
+    short = parse_structure("A4 B4 A4")  # one window: aligned and first agree
+    assert context_summary(short, chosen, aligned, 2)["ref"]["bars"] == [0, 4]

@@ -33,6 +33,7 @@ from sfs_jax.music import notes as notes_lib
 from sfs_jax.music.song import Song
 from sfs_jax.music.structure import StructureError, segments_from_lengths
 from sfs_jax.training import tasks
+from sfs_jax.training.checkpoint import Checkpoints
 from sfs_jax.training.train import train_and_evaluate
 from tests.conftest import scale_notes
 
@@ -207,6 +208,20 @@ def test_bad_inputs_fail_clearly_before_any_model_is_loaded(tmp_path: Path, tiny
     assert [s.name for s in protocol.parse_structures(protocol.PAPER_STRUCTURES)] == list(protocol.PAPER_STRUCTURES)
     with pytest.raises(ValueError, match="no 'validation' split"):
         tasks.load_songs(tiny_synthetic_dataset, "validation")
+
+
+def test_checkpoint_saved_with_a_label_for_model_name_passes_the_checks_as_sfs(tmp_path: Path) -> None:
+    """Older code trained SFS for any model_name but flat; such runs must stay evaluable."""
+    config = sfs_configs.get_config("size=tiny")
+    config.model_name = "sfs_segment_4k"
+    config.model.use_global_view = False
+    checkpoints = Checkpoints(tmp_path / "old")
+    try:
+        checkpoints.save_best(1, {"w": np.zeros(2, np.float32)}, {}, {"config": config.to_dict(), "step": 1}, 1.0)
+    finally:
+        checkpoints.close()
+    checked = protocol.check_model(protocol.ModelSpec("old", tmp_path / "old"))
+    assert checked.model_name == "sfs" and tasks.model_config_from(checked).use_cross_attention
 
 
 def test_cli_turns_bad_inputs_into_usage_errors(tmp_path: Path) -> None:

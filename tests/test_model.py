@@ -389,3 +389,21 @@ def test_zero_init_paths_start_as_flat_and_learn_the_paths(batch: Batch) -> None
     stepped = jax.tree.map(lambda p, g: p - 0.1 * g, state, grads)
     after = Forward(config, nnx.merge(graphdef, stepped))
     assert_changed(after(batch), after(changed), row=int(np.argmax((batch["context_slot"] > 0).any(axis=1))))
+
+
+@pytest.mark.parametrize("zeroed_path", ["cross_attention", "global_view"])
+def test_zero_init_of_one_path_leaves_the_other_live(batch: Batch, zeroed_path: str) -> None:
+    """Naming one structure path zeroes that path only: the other moves the logits from step 0."""
+    forward = Forward(model_config("tiny", zero_init_paths=(zeroed_path,)))
+    contexts_changed = perturb_context(batch, batch["context_slot"] > 0, seed=6)
+    g_changed = dict(batch)
+    g_changed["bar_embedding"] = np.random.default_rng(5).normal(
+        size=batch["bar_embedding"].shape).astype(np.float32)
+    base = forward(batch)
+    context_row = int(np.argmax((batch["context_slot"] > 0).any(axis=1)))
+    if zeroed_path == "cross_attention":
+        assert_same(base, forward(contexts_changed))
+        assert_changed(base, forward(g_changed), row=0)
+    else:
+        assert_same(base, forward(g_changed))
+        assert_changed(base, forward(contexts_changed), row=context_row)

@@ -89,9 +89,28 @@ def test_bad_inputs_are_refused(tmp_path: Path) -> None:
         paired.read_per_song([not_per_song])
     one = tmp_path / "a.csv"
     protocol.write_rows_csv(one, rows_for("sfs", {slot: 0.1 for slot in slots(1)}))
-    twin = tmp_path / "b.csv"
-    twin.write_bytes(one.read_bytes())
-    with pytest.raises(ValueError, match="appears in both"):
-        paired.read_per_song([one, twin])
     with pytest.raises(ValueError, match="baseline 'flat'"):
         paired.paired_differences(paired.read_per_song([one]), "flat")
+
+
+def test_a_baseline_in_several_files_must_have_the_same_songs_in_each(tmp_path: Path) -> None:
+    """Flat evaluated beside each SFS variant pairs with both; a Flat from other settings is refused."""
+    base = {slot: 0.2 + 0.01 * i for i, slot in enumerate(slots(3))}
+    files = {}
+    for name, shift in (("sfs_a", 0.05), ("sfs_b", -0.02)):
+        files[name] = tmp_path / f"{name}.csv"
+        protocol.write_rows_csv(files[name], rows_for("flat", base)
+                                + rows_for(name, {s: v + shift for s, v in base.items()}))
+    rows = paired.read_per_song(files.values())
+    assert sum(r["model"] == "flat" for r in rows) == 6  # read once, not twice
+    by_model = {r["model"]: r[SI] for r in paired.paired_differences(rows, "flat")}
+    assert by_model["sfs_a"].mean == pytest.approx(0.05) and by_model["sfs_b"].mean == pytest.approx(-0.02)
+
+    other_seed = tmp_path / "other_seed.csv"  # the same model names, other songs
+    protocol.write_rows_csv(other_seed, rows_for("flat", {s: v + 0.001 for s, v in base.items()}))
+    with pytest.raises(ValueError, match="differs between"):
+        paired.read_per_song([files["sfs_a"], other_seed])
+    fewer = tmp_path / "fewer.csv"
+    protocol.write_rows_csv(fewer, rows_for("flat", dict(list(base.items())[:4])))
+    with pytest.raises(ValueError, match="differs between"):
+        paired.read_per_song([files["sfs_a"], fewer])

@@ -70,7 +70,7 @@ case ${1:-bench} in
       budget_var=${run^^}_SECONDS
       step "$run" "$PY" -m experiments.train --config="experiments/configs/sfs.py:size=$SIZE,model=$model" \
         --config.data.dataset_dir="$DATASET" --config.vae_workdir="$RUNS/vae" \
-        --config.train.max_train_seconds="${!budget_var:-150}" "${LM[@]}" "${extra[@]}" --workdir="$RUNS/$run"
+        --config.train.max_train_seconds="${!budget_var:-150}" "${LM[@]}" ${extra[@]+"${extra[@]}"} --workdir="$RUNS/$run"
       cp "$RUNS/$run/metrics.jsonl" "$OUT/${run}_metrics.jsonl" 2>/dev/null
     done
     ;;

@@ -61,8 +61,9 @@ class ExampleConfig:
     ``ref_crop="first"`` crops REF to its first ``context_bars`` bars (SFS.md section 1);
     ``"aligned"`` to the bars at the window's offset in the target segment, so a window
     deep in a segment longer than ``context_bars`` still sees the same bars of its
-    reference (with 4-bar windows, half the windows of an 8-bar segment see none of the
-    bars they repeat under "first", and in generation every slid window does).
+    reference (with 4-bar windows, a training window starting at bar k of an 8-bar
+    segment sees only 4 - k of the bars it repeats under "first", none at k = 4; in
+    generation every slid window's new bar lies past them).
     """
 
     window_bars: int = 8

@@ -14,7 +14,14 @@ are averaged first and the interval is a Student t-interval over seed songs:
 Slots where either model lacks a value (SI 16+ of a short song, seed adherence where
 the seed's label occurs once) are left out. Several evaluation folders can be
 combined (``read_per_song``) as long as they ran the same protocol settings, which
-``experiments.evaluate`` guarantees for the same ``--seed``, split and structures.
+``experiments.evaluate`` guarantees for the same ``--seed``, split and structures; a
+model evaluated in several of them (the baseline, typically) must have the same rows
+in each, which checks exactly that.
+
+Bold marks an interval that excludes 0, "different", not "better": for the entropy
+and grooving columns closeness to real songs is what counts, and with nine metrics
+and several models some interval will exclude 0 by chance (no multiplicity
+correction is applied).
 """
 
 from __future__ import annotations
@@ -40,30 +47,46 @@ def _number(text: str) -> float:
         return math.nan
 
 
+def _same_values(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two rows of one slot hold the same metric values (NaN equals NaN)."""
+    return all(a[key] == b[key] or (math.isnan(a[key]) and math.isnan(b[key])) for key, _ in PAIRED_METRICS)
+
+
 def read_per_song(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     """The generated songs' rows of one or more ``per_song.csv`` files (real songs left out).
 
-    A model may appear in one file only: two evaluations of the same name would pair
-    a model with itself under different settings.
+    A model may appear in several files (Flat evaluated beside each SFS variant) only
+    if its rows are the same slot for slot: the protocol is deterministic, so equal
+    rows say both evaluations ran the same settings on the same checkpoint, and
+    differing ones that pairing across them would compare under different settings.
     """
     rows: list[dict[str, Any]] = []
-    owner: dict[str, Path] = {}
+    seen: dict[str, tuple[Path, dict[tuple, dict[str, Any]]]] = {}  # model -> (first file, its rows by slot)
     for path in map(Path, paths):
         if not path.is_file():
             raise FileNotFoundError(f"{path} is not a file (expected an evaluation's per_song.csv)")
+        here: dict[str, dict[tuple, dict[str, Any]]] = {}
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
             missing = {"model", *SLOT_KEYS} - set(reader.fieldnames or ())
             if missing:
                 raise ValueError(f"{path} has no column(s) {sorted(missing)}: not a per_song.csv")
             for row in reader:
-                model = row["model"]
-                if model == REAL:
+                if row["model"] == REAL:
                     continue
-                if owner.setdefault(model, path) != path:
-                    raise ValueError(f"model {model!r} appears in both {owner[model]} and {path}")
-                rows.append({**row, "sample": int(row["sample"]),
-                             **{key: _number(row.get(key, "")) for key, _ in PAIRED_METRICS}})
+                parsed = {**row, "sample": int(row["sample"]),
+                          **{key: _number(row.get(key, "")) for key, _ in PAIRED_METRICS}}
+                here.setdefault(row["model"], {})[tuple(parsed[k] for k in SLOT_KEYS)] = parsed
+        for model, slots in here.items():
+            if model not in seen:
+                seen[model] = (path, slots)
+                rows.extend(slots.values())
+                continue
+            first, before = seen[model]
+            if set(slots) != set(before) or not all(_same_values(slots[k], before[k]) for k in slots):
+                raise ValueError(f"model {model!r} differs between {first} and {path}: evaluated with other "
+                                 "settings (--seed, --num_seeds, structures, split) or another checkpoint, so "
+                                 "their songs cannot be paired; rename one of them")
     return rows
 
 
@@ -125,8 +148,8 @@ def paired_markdown(differences: Sequence[Mapping[str, Any]], baseline: str) -> 
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Cells: mean of (model - {baseline}) over the songs both composed from the same structure, "
               "seed song, sample and key; 95% Student t-interval over seed songs (each seed song's differences "
-              "averaged first, n = seed songs), bold where it excludes 0; then the share of paired songs where "
-              "the model scores higher."]
+              "averaged first, n = seed songs), bold where it excludes 0 (different, not necessarily better; "
+              "no correction for the many cells); then the share of paired songs where the model scores higher."]
     return "\n".join(lines)
 
 

@@ -37,7 +37,8 @@ from sfs_jax.music.structure import Segment, StructureError, default_compose_ord
 from sfs_jax.sampling.composer import ComposedSong, Composer, ComposeRequest, load_composer
 from sfs_jax.sampling.segment import SamplingConfig
 from sfs_jax.training import tasks
-from sfs_jax.training.checkpoint import BEST, read_meta
+from sfs_jax.training.checkpoint import BEST
+from sfs_jax.training.restore import saved_config
 
 PAPER_STRUCTURES = ("A8B16C8D8E8", "A4B8C8D8B8C16E8", "A8B8C4B8D8B8E4", "A4B8C8A8C8A8D8")
 SEED_BARS = 8
@@ -178,7 +179,7 @@ def check_model(spec: ModelSpec) -> ml_collections.ConfigDict:
     if not best.is_dir() or not any(p.name.isdigit() for p in best.iterdir()):
         raise FileNotFoundError(f"{where} holds no best checkpoint ({BEST}/<step>): train it with "
                                 "python -m experiments.train --config=experiments/configs/sfs.py --workdir=DIR")
-    config = ml_collections.ConfigDict(read_meta(spec.workdir)["config"])
+    config = saved_config(spec.workdir)
     if config.get("task") != "sfs":
         raise ValueError(f"{where} holds a {config.get('task')!r} checkpoint, not an SFS or Flat model")
     if tasks.model_config_from(config).use_global_view:

@@ -55,9 +55,10 @@ class ModelConfig:
     cross_attention_positions: str = "song"
     # Structure paths (``STRUCTURE_PATHS``) whose last projection starts at zero: every
     # cross-attention output projection ("cross_attention") and the last layer of G's condition
-    # MLP ("global_view"). With both, SFS computes exactly the Flat baseline's function at step 0
-    # (but for its segment codes) and the contexts and G are learned in, instead of entering as
-    # noise the decoder must first learn to suppress (Flamingo's zero-init gates do the same).
+    # MLP ("global_view"). With both, an untrained SFS is a Flat-shaped decoder that ignores its
+    # contexts and G (its own random weights, and its segment codes, still differ from Flat's),
+    # and the contexts and G are learned in instead of entering as noise the decoder must first
+    # learn to suppress (Flamingo's zero-init gates do the same).
     # SFS.md does not say how the original initialises them; () is plain random init.
     # Measured on POP909 (small, 1500 steps): validation bits per beat 65.59 with both, 67.06 with ().
     zero_init_paths: tuple[str, ...] = STRUCTURE_PATHS

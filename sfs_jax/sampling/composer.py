@@ -270,19 +270,25 @@ def _new_notes(tokens_Tx5: np.ndarray, window_start: int, new_bar: int, end_bar:
     return notes[keep]
 
 
-def context_summary(segments: Sequence[Segment], chosen: dict[str, int | None],
-                    max_bars: int = 8) -> dict[str, dict | None]:
-    """Which segment (and cropped bars) each slot used, for reports and the app's ``context`` events.
+def context_summary(segments: Sequence[Segment], chosen: dict[str, int | None], config: ExampleConfig,
+                    target: int) -> dict[str, dict | None]:
+    """Which segment (and song bars) each slot used for ``target``, for reports and the app's ``context`` events.
 
-    The bars are the crop of the segment's first window; with ``ExampleConfig.ref_crop="aligned"``
-    the REF crop moves on with each later window of a segment longer than the window.
+    ``bars`` span every window of the target: with ``config.ref_crop="aligned"`` the REF
+    crop moves on with each window of a target longer than the window (as
+    ``examples.context_crop_offset`` does), so the span runs from the first window's
+    crop to the last one's.
     """
+    last_offset = max(segments[target].n_bars - config.window_bars, 0)
     out: dict[str, dict | None] = {}
     for name, index in chosen.items():
         if index is None:
             out[name] = None
             continue
-        start, end = context_bars(segments[index], ContextSlot[name.upper()], max_bars)
+        slot = ContextSlot[name.upper()]
+        start, end = context_bars(segments[index], slot, config.context_bars)
+        if slot == ContextSlot.REF and config.ref_crop == "aligned":
+            end = context_bars(segments[index], slot, config.context_bars, last_offset)[1]
         out[name] = {"segment": index, "label": segments[index].label, "bars": [start, end]}
     return out
 

@@ -282,7 +282,7 @@ class ModelWorker:
             if piece not in targets:
                 raise _TargetsDone()
             contexts = {}
-            for slot, summary in context_summary(plan.segments, chosen, composer.example_config.context_bars).items():
+            for slot, summary in context_summary(plan.segments, chosen, composer.example_config, piece).items():
                 contexts[slot] = None if summary is None else {
                     "segment": plan.user_segment[summary["segment"]], "label": summary["label"],
                     "bars": list(summary["bars"])}

@@ -46,12 +46,21 @@ def upgrade_saved_config(config: ml_collections.ConfigDict, workdir: Path) -> ml
     return config
 
 
+def saved_config(workdir: str | Path, best: bool = True) -> ml_collections.ConfigDict:
+    """The experiment config of a workdir's best (or latest) checkpoint, as today's code reads it.
+
+    Every reader of a trained run (loading, the evaluation's up-front checks) goes
+    through here, so an upgrade of old configs applies to all of them.
+    """
+    workdir = Path(workdir)
+    return upgrade_saved_config(ml_collections.ConfigDict(read_meta(workdir, best=best)["config"]), workdir)
+
+
 def load_trained(workdir: str | Path, best: bool = True, compute_dtype: str | None = None
                  ) -> tuple[nnx.Module, ml_collections.ConfigDict, dict[str, Any]]:
     """(model, config, meta) of a workdir's best (or latest) checkpoint."""
     workdir = Path(workdir)
-    meta = read_meta(workdir, best=best)
-    config = upgrade_saved_config(ml_collections.ConfigDict(meta["config"]), workdir)
+    config = saved_config(workdir, best=best)
     if compute_dtype:
         config.model.compute_dtype = compute_dtype
     tx: optax.GradientTransformation = make_optimizer(config.train)[0]
