@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 from scipy import stats
 
 from sfs_jax.evaluation import paired, protocol
+from tests.conftest import REPO_ROOT
 
 SI = "SI_8-16"
 
@@ -114,3 +117,44 @@ def test_a_baseline_in_several_files_must_have_the_same_songs_in_each(tmp_path: 
     protocol.write_rows_csv(fewer, rows_for("flat", dict(list(base.items())[:4])))
     with pytest.raises(ValueError, match="differs between"):
         paired.read_per_song([files["sfs_a"], fewer])
+
+
+def test_replicates_pair_within_a_replicate_and_average_over_them_per_seed_song(tmp_path: Path) -> None:
+    """Two training seeds, the same 3 seed songs: SFS +0.1 in one, +0.3 in the other, so +0.2 per seed song."""
+    base = {slot: 0.2 + 0.01 * i for i, slot in enumerate(slots(3))}
+    files = []
+    for tag, name, shift, flat_shift in (("s0", "sfs_4k", 0.1, 0.0), ("s1", "sfs_4k_seed1", 0.3, 0.05)):
+        path = tmp_path / f"{tag}.csv"  # each replicate's Flat is its own run: other values, same slots
+        protocol.write_rows_csv(path, rows_for("flat", {s: v + flat_shift for s, v in base.items()})
+                                + rows_for(name, {s: v + flat_shift + shift for s, v in base.items()}))
+        files.append((tag, path))
+    rows = paired.read_replicates(files, {"sfs_4k": "sfs", "sfs_4k_seed1": "sfs"})
+    (record,) = paired.paired_differences(rows, "flat")
+    iv = record[SI]
+    assert record["model"] == "sfs" and record["slots"] == 12  # 6 slots per replicate, never paired across
+    assert iv.n == 3 and iv.mean == pytest.approx(0.2) and iv.half_width == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="one name"):
+        paired.read_replicates(files, {"sfs_4k": "flat"})
+    with pytest.raises(ValueError, match="at least two tags"):
+        paired.read_replicates([("s0", files[0][1])])
+    with pytest.raises(ValueError, match="tag"):
+        paired.read_replicates([("", files[0][1]), ("s1", files[1][1])])
+
+
+def test_cli_pools_replicates_and_refuses_mixed_inputs(tmp_path: Path) -> None:
+    base = {slot: 0.3 for slot in slots(2)}
+    paths = []
+    for tag, shift in (("s0", 0.1), ("s1", 0.2)):
+        paths.append(tmp_path / f"{tag}.csv")
+        protocol.write_rows_csv(paths[-1], rows_for("flat", base)
+                                + rows_for(f"sfs_{tag}", {s: v + shift for s, v in base.items()}))
+    command = [sys.executable, "-m", "experiments.paired", f"--replicates=s0={paths[0]},s1={paths[1]}",
+               "--rename=sfs_s0=sfs,sfs_s1=sfs", f"--out={tmp_path / 'out'}"]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with open(tmp_path / "out" / "paired.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["model"] == "sfs" and float(row[f"{SI}_diff"]) == pytest.approx(0.15) and row["slots"] == "8"
+    mixed = subprocess.run([*command[:3], f"--per_song={paths[0]}", command[3]], cwd=REPO_ROOT,
+                           capture_output=True, text=True, timeout=300)
+    assert mixed.returncode != 0 and "not both or neither" in mixed.stderr

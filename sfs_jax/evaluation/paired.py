@@ -90,6 +90,38 @@ def read_per_song(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     return rows
 
 
+def read_replicates(files: Sequence[tuple[str, str | Path]], rename: Mapping[str, str] | None = None
+                    ) -> list[dict[str, Any]]:
+    """Rows of training replicates (the same comparison retrained with other seeds), pooled.
+
+    ``files`` pairs a replicate tag with a ``per_song.csv`` (a tag may name several
+    files, read together by ``read_per_song``); ``rename`` maps each replicate's model
+    names onto shared ones (``sfs_4k`` -> ``sfs``). Every slot's structure is prefixed
+    with its tag, so models pair only within their replicate, while each seed song's
+    differences, the interval's unit, are averaged over the replicates too: the mean
+    is over training seeds and songs, the interval still over seed songs (training-seed
+    spread enters only through those means; report each replicate alone as well).
+    """
+    rename = dict(rename or {})
+    by_tag: dict[str, list[Path]] = {}
+    for tag, path in files:
+        if not tag or "/" in tag:
+            raise ValueError(f"replicate tag {tag!r} must be a non-empty name without '/'")
+        by_tag.setdefault(tag, []).append(Path(path))
+    if len(by_tag) < 2:
+        raise ValueError(f"replicates need at least two tags, got {sorted(by_tag)}")
+    pooled: list[dict[str, Any]] = []
+    for tag, paths in by_tag.items():
+        rows = read_per_song(paths)
+        names = {row["model"] for row in rows}
+        renamed = [rename.get(name, name) for name in names]
+        if len(set(renamed)) != len(renamed):
+            raise ValueError(f"replicate {tag!r}: --rename gives two of its models {sorted(names)} one name")
+        pooled += [{**row, "model": rename.get(row["model"], row["model"]),
+                    "structure": f"{tag}/{row['structure']}"} for row in rows]
+    return pooled
+
+
 def _value(row: Mapping[str, Any], key: str) -> float:
     value = row.get(key)
     return math.nan if value is None else float(value)
