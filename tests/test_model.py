@@ -125,6 +125,13 @@ def perturb_context(batch: Batch, where_BxS: np.ndarray, seed: int = 0) -> Batch
     return out
 
 
+def perturb_global_view(batch: Batch, seed: int = 0) -> Batch:
+    """The batch with every bar embedding (what G reads) redrawn."""
+    out = dict(batch)
+    out["bar_embedding"] = np.random.default_rng(seed).normal(size=batch["bar_embedding"].shape).astype(np.float32)
+    return out
+
+
 def assert_same(a: Outputs, b: Outputs, keys: tuple[str, ...] = ("hidden", "type", "pitch", "velocity",
                                                                    "duration", "loss")) -> None:
     """Bit-for-bit equal outputs, every position (padded ones included) and the loss."""
@@ -368,9 +375,7 @@ def test_zero_init_paths_start_as_flat_and_learn_the_paths(batch: Batch) -> None
     config = model_config("tiny")
     assert config.zero_init_paths == ("cross_attention", "global_view")  # the default
     zeroed = Forward(config)
-    rng = np.random.default_rng(5)
-    changed = perturb_context(batch, batch["context_slot"] > 0, seed=6)
-    changed["bar_embedding"] = rng.normal(size=batch["bar_embedding"].shape).astype(np.float32)
+    changed = perturb_global_view(perturb_context(batch, batch["context_slot"] > 0, seed=6), seed=5)
     changed["bar_known"] = ~batch["bar_known"]
     assert_same(zeroed(batch), zeroed(changed))
 
@@ -396,9 +401,7 @@ def test_zero_init_of_one_path_leaves_the_other_live(batch: Batch, zeroed_path: 
     """Naming one structure path zeroes that path only: the other moves the logits from step 0."""
     forward = Forward(model_config("tiny", zero_init_paths=(zeroed_path,)))
     contexts_changed = perturb_context(batch, batch["context_slot"] > 0, seed=6)
-    g_changed = dict(batch)
-    g_changed["bar_embedding"] = np.random.default_rng(5).normal(
-        size=batch["bar_embedding"].shape).astype(np.float32)
+    g_changed = perturb_global_view(batch, seed=5)
     base = forward(batch)
     context_row = int(np.argmax((batch["context_slot"] > 0).any(axis=1)))
     if zeroed_path == "cross_attention":

@@ -224,11 +224,14 @@ def context_sources(segments: Sequence[Segment], plan: ExamplePlan,
     return [(slot, chosen[slot]) for slot in SFS_SLOTS if chosen[slot] is not None]
 
 
-def context_crop_offset(plan: ExamplePlan, segments: Sequence[Segment], slot: ContextSlot,
-                        config: ExampleConfig) -> int:
-    """Bars into its segment where a context's crop starts: the window's offset for an aligned REF, else 0."""
+def context_crop_offset(slot: ContextSlot, config: ExampleConfig, window_offset_bars: int) -> int:
+    """Bars into its segment where a context's crop starts, for a window ``window_offset_bars`` into its target.
+
+    The window's offset for an aligned REF, else 0 (the one place this rule lives:
+    training examples, generation and the context summaries all ask here).
+    """
     if slot == ContextSlot.REF and config.ref_crop == "aligned":
-        return plan.window_start_bar - segments[plan.target].start_bar
+        return window_offset_bars
     return 0
 
 
@@ -286,8 +289,9 @@ def _context_tokens(song: Song, plan: ExamplePlan, config: ExampleConfig,
     as lost notes too, so the flag measures how often the budget binds.
     """
     sources = context_sources(song.segments, plan, config.context_mode)
+    window_offset = plan.window_start_bar - song.segments[plan.target].start_bar
     notes = [_cropped_notes(song, song.segments[i], slot, config.context_bars,
-                            context_crop_offset(plan, song.segments, slot, config)) for slot, i in sources]
+                            context_crop_offset(slot, config, window_offset)) for slot, i in sources]
     lengths = [len(n) for n in notes]
     if config.context_mode == "all_previous":
         shares = _greedy_shares(lengths, config.previous_token_budget)

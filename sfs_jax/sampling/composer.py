@@ -25,7 +25,14 @@ from flax import nnx
 
 from sfs_jax.data import bars as bars_lib
 from sfs_jax.data import loader
-from sfs_jax.data.examples import CONTEXT_KEYS, TARGET_KEYS, ExampleConfig, ExamplePlan, build_example
+from sfs_jax.data.examples import (
+    CONTEXT_KEYS,
+    TARGET_KEYS,
+    ExampleConfig,
+    ExamplePlan,
+    build_example,
+    context_crop_offset,
+)
 from sfs_jax.model import bar_vae
 from sfs_jax.music import notes as notes_lib
 from sfs_jax.music import tokenizer
@@ -274,21 +281,20 @@ def context_summary(segments: Sequence[Segment], chosen: dict[str, int | None], 
                     target: int) -> dict[str, dict | None]:
     """Which segment (and song bars) each slot used for ``target``, for reports and the app's ``context`` events.
 
-    ``bars`` span every window of the target: with ``config.ref_crop="aligned"`` the REF
-    crop moves on with each window of a target longer than the window (as
-    ``examples.context_crop_offset`` does), so the span runs from the first window's
-    crop to the last one's.
+    ``bars`` span every window of the target, from the first window's crop to the last
+    one's: they differ only where the crop follows the window
+    (``examples.context_crop_offset``, the aligned REF of a target longer than the window).
     """
-    last_offset = max(segments[target].n_bars - config.window_bars, 0)
+    last_window = max(segments[target].n_bars - config.window_bars, 0)
     out: dict[str, dict | None] = {}
     for name, index in chosen.items():
         if index is None:
             out[name] = None
             continue
         slot = ContextSlot[name.upper()]
-        start, end = context_bars(segments[index], slot, config.context_bars)
-        if slot == ContextSlot.REF and config.ref_crop == "aligned":
-            end = context_bars(segments[index], slot, config.context_bars, last_offset)[1]
+        start = context_bars(segments[index], slot, config.context_bars, context_crop_offset(slot, config, 0))[0]
+        end = context_bars(segments[index], slot, config.context_bars,
+                           context_crop_offset(slot, config, last_window))[1]
         out[name] = {"segment": index, "label": segments[index].label, "bars": [start, end]}
     return out
 
