@@ -32,7 +32,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "One folder per variant goes her
 _ONLY = flags.DEFINE_list("only", [], "Run only these variant names.")
 _WORKERS = flags.DEFINE_integer("workers", 2, "Processes for a dataset build, if one is needed.")
 
-COLUMNS = ("variant", "bits_per_beat", "loss", "type_nll", "pitch_nll", "velocity_nll", "duration_nll", "steps")
+COLUMNS = ("variant", "bits_per_beat", "loss", "type_nll", "pitch_nll", "velocity_nll", "duration_nll", "steps",
+           "windows")
 
 
 def vae_config_for(base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -50,6 +51,10 @@ def write_table(rows: list[dict[str, Any]], workdir: Path) -> str:
     fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(fmt(row.get(k, "")) for k in COLUMNS) + " |" for row in rows]
+    if len({row.get("windows") for row in rows}) > 1:
+        lines += ["", "Rows with other `windows` (examples.window_scope) are scored on other validation examples: "
+                      "compare their bits per beat only with each other (`python -m experiments.context_use "
+                      "--variants=none --window_scope=...` rescores a run on the other windows)."]
     markdown = "\n".join(lines) + "\n"
     (workdir / "ablation.md").write_text(markdown)
     return markdown
@@ -71,7 +76,8 @@ def main(argv: list[str]) -> None:
         final = run_dir / "final_metrics.json"
         result = (json.loads(final.read_text()) if final.exists()
                   else pipeline.run(config, str(run_dir), _WORKERS.value))
-        rows.append({"variant": name, "steps": config.train.num_steps, **result["validation"]})
+        rows.append({"variant": name, "steps": config.train.num_steps,
+                     "windows": config.examples.window_scope, **result["validation"]})
         print(write_table(rows, workdir))
 
 

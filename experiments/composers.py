@@ -39,4 +39,18 @@ def composer_factory(checkpoint: str | Path, random_model: str, chunk_tokens: in
     path = Path(checkpoint)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint {path} is not a folder")
-    return lambda: load_composer(str(path), chunk_tokens=chunk_tokens)[0]
+    return lambda: app_composer(path, chunk_tokens)
+
+
+def app_composer(workdir: Path, chunk_tokens: int) -> Composer:
+    """A checkpoint's composer, refused when it can only write left to right (the GPT-like Flat).
+
+    The app fills and regenerates segments in any order the user picks, which a
+    song-scope model cannot honour; the failure reaches /api/info and every queued job.
+    """
+    composer = load_composer(str(workdir), chunk_tokens=chunk_tokens)[0]
+    if composer.left_to_right:
+        raise ValueError(f"{workdir} holds a model that writes songs left to right (window_scope='song', the Flat "
+                         "baseline); the app composes segments in any order: serve an SFS checkpoint, or compose "
+                         "with python -m experiments.generate")
+    return composer

@@ -101,6 +101,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(str(err)) from err
     sampling = SamplingConfig(temperature=_TEMPERATURE.value, top_p=_TOP_P.value, top_k=_TOP_K.value)
     composer, meta = load_composer(str(checkpoint), sampling)
+    try:  # what only the model decides: a left-to-right model (the GPT-like Flat) refuses other orders
+        plan_order(request, np.random.default_rng(_SEED.value), composer.left_to_right)
+    except StructureError as err:
+        raise app.UsageError(str(err)) from err
     to_write = len(request.segments) - (request.seed_notes_Nx4 is not None)
     bar = tqdm.tqdm(total=to_write, desc="segments", unit="segment")
     start = time.perf_counter()

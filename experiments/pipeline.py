@@ -63,8 +63,10 @@ def ensure_bar_embeddings(vae_workdir: str | Path, dataset_dir: Path) -> tuple[d
 
 def run(config, workdir: str, workers: int = 2) -> dict:
     """Dataset -> (embeddings) -> task -> training; returns the final summaries."""
-    # A wrong task, model name or model field fails here, before a dataset build or a VAE run.
+    # A wrong task, model name, model or example field fails here, before a dataset build or a VAE run.
     model_cfg = tasks.model_config_from(config)
+    if config.task != "bar_vae":
+        tasks.check_window_scope(model_cfg, tasks.example_config_from(config))
     dataset_dir = ensure_dataset(config.data, workers)
     if config.task == "bar_vae":
         task = tasks.vae_task(config, dataset_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,8 @@ from data_pipeline import synthetic
 from experiments import generate
 from sfs_jax.data.examples import ExampleConfig
 from sfs_jax.model.bar_vae import BarVAE
+from sfs_jax.model.config import model_config
+from sfs_jax.model.flat import flat_config
 from sfs_jax.model.sfs import SFSModel
 from sfs_jax.music import midi_io, tokenizer
 from sfs_jax.music import notes as notes_lib
@@ -27,6 +30,7 @@ from sfs_jax.sampling.composer import (
     CompositionCancelled,
     context_summary,
     fit_seed,
+    window_steps,
 )
 from sfs_jax.sampling.segment import SamplingConfig
 from tests.conftest import REPO_ROOT, live_tiny_config
@@ -194,3 +198,56 @@ def test_context_summary_spans_every_window_of_an_aligned_ref() -> None:
         assert summary["left"]["bars"] == [12, 16] and summary["right"] is None
     short = parse_structure("A4 B4 A4")  # one window: aligned and first agree
     assert context_summary(short, chosen, aligned, 2)["ref"]["bars"] == [0, 4]
+
+
+def test_window_steps_stay_in_the_segment_or_reach_back_across_it() -> None:
+    """SFS's windows start at their segment; a left-to-right model's reach back up to window - 1 bars."""
+    b = parse_structure(STRUCTURE)[1]  # bars 2-5, 2-bar windows
+    assert window_steps(b, 2, b.start_bar) == [(2, 2), (3, 4)]
+    assert window_steps(b, 2, 0) == [(1, 2), (2, 3), (3, 4)]
+    assert window_steps(parse_structure(STRUCTURE)[0], 2, 0) == [(0, 0)]
+    assert window_steps(parse_structure("A1 B6")[1], 4, 0) == [(0, 1), (1, 4), (2, 5), (3, 6)]
+
+
+def flat_composer(window_scope: str) -> Composer:
+    model = SFSModel(flat_config(model_config("tiny")), rngs=nnx.Rngs(0))
+    examples = dataclasses.replace(TINY_EXAMPLES, window_scope=window_scope)
+    return Composer(model, examples, None, SamplingConfig(max_tokens=256), chunk_tokens=64)
+
+
+def test_song_scope_flat_writes_left_to_right_and_hears_only_its_window(seed_notes: np.ndarray) -> None:
+    """Regenerating segment 2 (bars 5-6): the song-scope Flat's first window starts at bar 4, so
+    changing bar 4 changes what it writes and changing bar 3 does not; segment-scope Flat hears neither."""
+    song_flat, segment_flat = flat_composer("song"), flat_composer("segment")
+    segments = parse_structure(STRUCTURE)
+    request = ComposeRequest(segments, 90.0, seed_notes_Nx4=seed_notes, seed_segment=0, compose_order=(0, 3, 1, 2))
+    with pytest.raises(StructureError, match="left to right"):
+        song_flat.compose(request, jax.random.key(0))
+    composed = song_flat.compose(dataclasses.replace(request, compose_order=None), jax.random.key(0))[0]
+    assert composed.compose_order == (0, 1, 2, 3)
+    assert all(v is None for c in composed.contexts.values() for v in c.values())
+    np.testing.assert_array_equal(notes_lib.notes_in_bars(composed.song.notes_Nx4, 0, 2), seed_notes)
+    base = composed.song.notes_Nx4
+
+    def bar_changed(bar: int) -> np.ndarray:
+        in_bar = base[:, notes_lib.ONSET] // notes_lib.FRAMES_PER_BAR == bar
+        changed = base.copy()
+        changed[in_bar, notes_lib.PITCH] = np.clip(changed[in_bar, notes_lib.PITCH] + 7, 0, 127)
+        return changed
+
+    def segment_2(composer: Composer, notes: np.ndarray) -> np.ndarray:
+        redo = ComposeRequest(segments, 90.0, existing_notes_Nx4=notes, regenerate=(2,))
+        return notes_lib.notes_in_bars(composer.compose(redo, jax.random.key(3))[0].song.notes_Nx4, 5, 7)
+
+    assert ((base[:, notes_lib.ONSET] // notes_lib.FRAMES_PER_BAR)[:, None] == [3, 4]).any(0).all()
+    written = segment_2(song_flat, base)
+    assert len(written)
+    assert not np.array_equal(segment_2(song_flat, bar_changed(4)), written)
+    np.testing.assert_array_equal(segment_2(song_flat, bar_changed(3)), written)
+    np.testing.assert_array_equal(segment_2(segment_flat, bar_changed(4)), segment_2(segment_flat, base))
+
+
+def test_a_model_with_contexts_refuses_song_scope_windows(composer: Composer) -> None:
+    song_scope = dataclasses.replace(TINY_EXAMPLES, window_scope="song")
+    with pytest.raises(ValueError, match="builds no contexts"):
+        Composer(composer.model, song_scope, composer.vae, SamplingConfig(max_tokens=256))

@@ -89,6 +89,20 @@ def test_flat_and_bad_arguments() -> None:
         sfs_configs.get_config("model=gpt")
 
 
+def test_flat_is_gpt_like_and_song_windows_refuse_a_model_with_contexts(tmp_path) -> None:
+    """``model=flat`` trains on song-scope windows; SFS on them would cross-attend to nothing."""
+    from experiments import pipeline
+
+    assert sfs_configs.get_config("size=tiny,model=flat").examples.window_scope == "song"
+    assert sfs_configs.get_config("size=tiny").examples.window_scope == "segment"
+    config = sfs_configs.get_config("size=tiny")
+    config.examples.window_scope = "song"
+    config.data.data_dir = str(tmp_path / "data")
+    with pytest.raises(ValueError, match="builds no contexts"):
+        pipeline.run(config, str(tmp_path / "run"))
+    assert not (tmp_path / "data").exists() and not (tmp_path / "run").exists()
+
+
 def test_model_name_override_that_names_no_model_is_refused(tmp_path) -> None:
     """``--config.model_name=flat_4k`` once trained SFS silently; now it stops before any work."""
     from experiments import pipeline

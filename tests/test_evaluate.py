@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import csv
 import math
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,16 +37,18 @@ from sfs_jax.music.structure import StructureError, segments_from_lengths
 from sfs_jax.training import tasks
 from sfs_jax.training.checkpoint import Checkpoints
 from sfs_jax.training.train import train_and_evaluate
-from tests.conftest import scale_notes
+from tests.conftest import REPO_ROOT, scale_notes
 
 STRUCTURE = "A2B2A2"  # the tiny preset's window is 2 bars: no segment slides
 SAMPLES = 2  # two songs per model: intervals with n = 2; speed and real songs have n = 1
 
 
 def train_tiny(dataset_dir: Path, workdir: Path, model_name: str) -> Path:
-    """A 2-step tiny checkpoint without G (no bar VAE); one target and one context bucket (one jit shape)."""
-    config = sfs_configs.get_config("size=tiny")
-    config.model_name = model_name
+    """A 2-step tiny checkpoint without G (no bar VAE); one target and one context bucket (one jit shape).
+
+    ``flat`` is the config's own Flat: the GPT-like one, trained and composing on song windows.
+    """
+    config = sfs_configs.get_config(f"size=tiny,model={model_name}")
     config.model.use_global_view = False
     config.examples.target_buckets = (256,)
     config.examples.context_buckets = (256,)
@@ -244,3 +248,36 @@ def test_protocol_rows_pair_with_the_baseline(evaluation) -> None:
     from_file = paired.write_paired(out / "paired_file", paired.read_per_song([out / "per_song.csv"]), "flat")
     assert in_memory == from_file
     assert f"| sfs | {SAMPLES} |" in in_memory
+
+
+def test_context_use_scores_flat_on_sfs_windows_and_refuses_what_cannot_be_scored(workdirs) -> None:
+    """``experiments.context_use --window_scope``: the song-window Flat scored on SFS's segment windows;
+    SFS on song windows (no contexts to attend to) and Flat with inputs to hide are usage errors."""
+    def context_use(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "experiments.context_use", *args], cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=300)
+
+    scored = context_use(f"--workdir={workdirs['flat']}", "--variants=none", "--window_scope=segment")
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    row = next(line for line in scored.stdout.splitlines() if line.startswith("| nothing |"))
+    assert math.isfinite(float(row.split("|")[2])) and math.isfinite(float(row.split("|")[3]))  # loss, bits
+    refused = context_use(f"--workdir={workdirs['sfs']}", "--window_scope=song")
+    assert refused.returncode != 0 and "builds no contexts" in refused.stderr
+    refused = context_use(f"--workdir={workdirs['flat']}")
+    assert refused.returncode != 0 and "--variants=none" in refused.stderr
+
+
+def test_left_to_right_flat_refuses_the_app_and_out_of_order_generation(workdirs, tmp_path: Path) -> None:
+    """The app composes in any order and ``--order`` picks one: a song-window Flat can do neither, and says so
+    before writing anything; an SFS checkpoint loads for the app."""
+    from experiments import composers
+
+    with pytest.raises(ValueError, match="left to right"):
+        composers.app_composer(workdirs["flat"], 32)
+    assert not composers.app_composer(workdirs["sfs"], 32).left_to_right
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "experiments.generate", "--structure=A2 B2 A2", "--order=2,0,1",
+                             f"--checkpoint={workdirs['flat']}", f"--out={out}"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "left to right" in result.stderr
+    assert not out.exists()

@@ -170,6 +170,32 @@ def test_examples_are_seeded_and_plans_vary() -> None:
     assert {p.target_position for p in plans} == set(range(len(song.segments)))
 
 
+def test_song_scope_windows_cross_segments_see_the_past_and_no_contexts() -> None:
+    """The GPT-like Flat's windows: anywhere in the song, every earlier bar known, nothing after."""
+    config = dataclasses.replace(CONFIG, window_scope="song")
+    starts, crossing = set(), 0
+    for song, seed in CASES:
+        plan = E.sample_plan(song, np.random.default_rng(seed), config)
+        example = E.build_example(song, plan, config)
+        start, end = window_of(example)
+        assert 0 <= start < end <= song.n_bars and end - start == min(song.n_bars, config.window_bars)
+        assert song.segments[plan.target].start_bar <= start < song.segments[plan.target].end_bar
+        crossing += end > song.segments[plan.target].end_bar
+        starts.add(start)
+        assert example["segment_start_frame"] == 0
+        assert example["segment_end_frame"] == song.n_bars * FRAMES_PER_BAR
+        assert example["context_pitch"].shape == (0,)
+        np.testing.assert_array_equal(np.flatnonzero(example["bar_known"]), np.arange(start))
+        expected = notes_in_bars(song.notes_Nx4, start, end)
+        expected[:, DURATION] = np.minimum(expected[:, DURATION], MAX_DURATION_FRAMES)
+        tokens_Tx5 = np.stack([example[f"target_{k}"] for k in ("type", "pitch", "velocity",
+                                                                 "duration", "frame")], 1)
+        np.testing.assert_array_equal(tokenizer.decode_target(tokens_Tx5), expected)
+        again = E.make_example(song, np.random.default_rng(seed), config)
+        assert all(np.array_equal(example[k], again[k]) for k in example)
+    assert crossing > len(CASES) // 4 and len(starts) > 10
+
+
 def test_over_long_target_is_rewindowed_and_flagged() -> None:
     # 128 notes per bar: 8 bars = 256 + 1024 + 1 tokens > 1024; 4 bars = 641 fits.
     song = grid_song("A16", notes_per_bar=32, pitches=4)
@@ -247,7 +273,7 @@ def test_bar_embeddings_of_the_wrong_length_raise() -> None:
 
 @pytest.mark.parametrize("change", [
     {"context_mode": "nearest"}, {"ref_crop": "last"}, {"target_buckets": (512, 384)}, {"max_song_bars": 300},
-    {"previous_token_budget": 4096}, {"window_bars": 0}, {"target_buckets": (16,)}])
+    {"previous_token_budget": 4096}, {"window_bars": 0}, {"target_buckets": (16,)}, {"window_scope": "bars"}])
 def test_bad_configs_raise(change: dict) -> None:
     with pytest.raises(ValueError):
         dataclasses.replace(CONFIG, **change)

@@ -4,7 +4,9 @@ Every variant trains the same base config (``experiments/configs/sfs.py``) for t
 same budget on the same examples; only what the target may see changes, through
 ``model.context_slots`` (the attention mask), ``model.use_global_view``, or, for
 ``all_previous``, the example builder's ``context_mode``. ``flat`` is the paper's
-baseline. The ``init`` sweep compares initialisations of the structure paths.
+GPT-like baseline (windows anywhere in the song); ``flat_segment`` is the same
+decoder on SFS's own windows, the reference whose validation examples are the same
+as every SFS variant's. The ``init`` sweep compares initialisations of the structure paths.
 
     python -m experiments.ablate --sweep=context --config=experiments/configs/sfs.py:size=small \
         --workdir=runs/ablate
@@ -29,9 +31,15 @@ def _slots_name(slots: tuple[str, ...]) -> str:
     return "+".join(slots) if slots else "none"
 
 
+def flat_baselines(add: AddFn) -> None:
+    """Flat on song windows (the paper's GPT-like baseline) and on SFS's segment windows."""
+    add("flat", **{"model_name": "flat", "examples.window_scope": "song"})
+    add("flat_segment", **{"model_name": "flat", "examples.window_scope": "segment"})
+
+
 def context(add: AddFn) -> None:
     """The compact sweep: full SFS, each context left out, none, no G, segment-relative cross-attention
-    positions (with the first or the window-aligned bars of the Ref), all_previous, Flat."""
+    positions (with the first or the window-aligned bars of the Ref), all_previous, both Flats."""
     add("sfs", **{"model.context_slots": SFS_SLOTS})
     for dropped in SFS_SLOTS:
         kept = tuple(s for s in SFS_SLOTS if s != dropped)
@@ -42,18 +50,18 @@ def context(add: AddFn) -> None:
     add("sfs_segment_aligned_ref", **{"model.context_slots": SFS_SLOTS, "model.cross_attention_positions": "segment",
                                       "examples.ref_crop": "aligned"})
     add("all_previous", **{"model.context_slots": ("previous",), "examples.context_mode": "all_previous"})
-    add("flat", **{"model_name": "flat"})
+    flat_baselines(add)
 
 
 def context_full(add: AddFn) -> None:
-    """Every subset of {Left, Right, Seed, Ref}, with G on and off (32 runs), plus all_previous and Flat."""
+    """Every subset of {Left, Right, Seed, Ref}, with G on and off (32 runs), plus all_previous and both Flats."""
     for size in range(len(SFS_SLOTS) + 1):
         for slots in itertools.combinations(SFS_SLOTS, size):
             for use_g in (True, False):
                 add(f"{_slots_name(slots)}{'' if use_g else '_noG'}",
                     **{"model.context_slots": slots, "model.use_global_view": use_g})
     add("all_previous", **{"model.context_slots": ("previous",), "examples.context_mode": "all_previous"})
-    add("flat", **{"model_name": "flat"})
+    flat_baselines(add)
 
 
 def init(add: AddFn) -> None:
@@ -65,7 +73,7 @@ def init(add: AddFn) -> None:
         for positions in ("song", "segment"):
             add(f"{name}_{positions}", **{"model.zero_init_paths": paths,
                                          "model.cross_attention_positions": positions})
-    add("flat", **{"model_name": "flat"})
+    flat_baselines(add)
 
 
 SWEEPS: dict[str, Callable[[AddFn], None]] = {"context": context, "context_full": context_full, "init": init}

@@ -7,7 +7,8 @@ r"""SFS and Flat training configs.
 
 Sizes (model/config.py PRESETS): ``paper`` (512 wide, 4 encoder, 8 decoder, 3 G
 layers, VAE 5+5, latent 256; SFS.md section 3), ``small`` (a CPU run that learns
-in minutes), ``tiny`` (tests). ``model=flat`` is the paper's Flat baseline.
+in minutes), ``tiny`` (tests). ``model=flat`` is the paper's GPT-like Flat baseline
+(song-scope windows, composed left to right).
 """
 
 from __future__ import annotations
@@ -55,8 +56,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     preset.update(compute_dtype=args.compute_dtype or ("bfloat16" if args.size == "paper" else "float32"))
     config.model = ml_collections.ConfigDict(preset)
     # Every sfs_jax.data.examples.ExampleConfig field, with the size's values, so any can be overridden.
-    config.examples = ml_collections.ConfigDict(
-        dataclasses.asdict(ExampleConfig(context_mode="sfs", **EXAMPLES_BY_SIZE[args.size])))
+    # Flat is GPT-like (SFS.md section 5): its windows run anywhere in the song, across segment
+    # boundaries, and it composes left to right; --config.examples.window_scope=segment gives the
+    # decoder trained on SFS's windows instead (it starts every segment from an empty window).
+    scope = "song" if args.model == "flat" else "segment"
+    config.examples = ml_collections.ConfigDict(dataclasses.asdict(
+        ExampleConfig(context_mode="sfs", window_scope=scope, **EXAMPLES_BY_SIZE[args.size])))
     config.data = common.data_block(builder=args.data,
                                     num_songs=64 if args.size == "tiny" else 512)
     # Where the bar VAE lives (experiments/train.py trains it first when empty and G is on).
@@ -69,4 +74,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 def sweep(add) -> None:
     """Default sweep: SFS against Flat (context ablations: experiments/configs/ablate.py)."""
     add(model_name="sfs")
-    add(model_name="flat")
+    add(**{"model_name": "flat", "examples.window_scope": "song"})

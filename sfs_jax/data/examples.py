@@ -8,7 +8,9 @@ The recipe (SFS.md section 3, "Training sample"): compute the song's compose ord
 draw a uniform target index t, call the segments before t "composed", take the
 target (a random ``window_bars`` window if it is longer), its contexts chosen by
 ``sfs_jax.music.contexts`` (the same code the composer uses), and the bar embeddings
-with only composed bars and the target's bars before the window marked known.
+with only composed bars and the target's bars before the window marked known. The
+GPT-like Flat baseline (``window_scope="song"``) instead takes a window anywhere in
+the song, with no contexts and the bars before it known.
 
 The random draws (``sample_plan``) are split from the deterministic construction
 (``build_example``) so tests can check an example against the plan that made it,
@@ -36,6 +38,7 @@ from sfs_jax.music.structure import Segment, default_compose_order
 
 CONTEXT_MODES = ("sfs", "all_previous")
 REF_CROPS = ("first", "aligned")
+WINDOW_SCOPES = ("segment", "song")
 
 # Keys of an example, grouped by how ``loader.collate`` pads them.
 TARGET_KEYS = ("target_type", "target_pitch", "target_velocity", "target_duration", "target_frame",
@@ -64,12 +67,18 @@ class ExampleConfig:
     reference (with 4-bar windows, a training window starting at bar k of an 8-bar
     segment sees only 4 - k of the bars it repeats under "first", none at k = 4; in
     generation every slid window's new bar lies past them).
+
+    ``window_scope="segment"`` (SFS) keeps the target window inside one segment;
+    ``"song"`` (the GPT-like Flat baseline) draws it anywhere in the song, across
+    segment boundaries, with no contexts and every bar before the window known, so the
+    model learns to continue the song left to right (SFS.md section 5: "GPT-like").
     """
 
     window_bars: int = 8
     context_bars: int = 8
     context_mode: str = "sfs"
     ref_crop: str = "first"
+    window_scope: str = "segment"
     previous_token_budget: int = 1024
     target_buckets: tuple[int, ...] = (384, 512, 768, 1024)
     context_buckets: tuple[int, ...] = (128, 256, 512, 1024, 1536)
@@ -81,6 +90,8 @@ class ExampleConfig:
             raise ValueError(f"context_mode {self.context_mode!r} not in {CONTEXT_MODES}")
         if self.ref_crop not in REF_CROPS:
             raise ValueError(f"ref_crop {self.ref_crop!r} not in {REF_CROPS}")
+        if self.window_scope not in WINDOW_SCOPES:
+            raise ValueError(f"window_scope {self.window_scope!r} not in {WINDOW_SCOPES}")
         if self.window_bars < 1 or self.context_bars < 1:
             raise ValueError("window_bars and context_bars must be >= 1")
         for name in ("target_buckets", "context_buckets", "bar_buckets"):
@@ -119,13 +130,28 @@ class ExamplePlan:
 
 
 def sample_plan(song: Song, rng: np.random.Generator, config: ExampleConfig) -> ExamplePlan:
-    """Draws the order, a uniform target index and a window start uniform over bar offsets."""
+    """Draws the order, a uniform target index and a window start uniform over bar offsets.
+
+    With ``window_scope="song"`` only the window start is drawn, uniform over the song's
+    bars; the plan's order is the song's (left to right) and its target the segment
+    the window starts in.
+    """
+    if config.window_scope == "song":
+        window_bars = min(song.n_bars, config.window_bars)
+        window_start = int(rng.integers(song.n_bars - window_bars + 1))
+        return left_to_right_plan(song.segments, window_start, window_bars)
     order = tuple(default_compose_order(song.segments, rng))
     position = int(rng.integers(len(order)))
     segment = song.segments[order[position]]
     window_bars = min(segment.n_bars, config.window_bars)
     window_start = segment.start_bar + int(rng.integers(segment.n_bars - window_bars + 1))
     return ExamplePlan(order, position, window_start, window_bars)
+
+
+def left_to_right_plan(segments: Sequence[Segment], window_start_bar: int, window_bars: int) -> ExamplePlan:
+    """The plan of a song written left to right, at a window starting at ``window_start_bar``."""
+    position = next(i for i, seg in enumerate(segments) if seg.start_bar <= window_start_bar < seg.end_bar)
+    return ExamplePlan(tuple(range(len(segments))), position, window_start_bar, window_bars)
 
 
 def make_example(song: Song, rng: np.random.Generator, config: ExampleConfig,
@@ -143,16 +169,19 @@ def build_example(song: Song, plan: ExamplePlan, config: ExampleConfig,
     exists. Embeddings of unknown bars are zeroed here, so no later stage can leak a
     bar the model must not see, whatever it does with ``bar_known``.
     """
-    target_segment = song.segments[plan.target]
+    # A song-scope window's "segment" is the whole song: it may cross any boundary.
+    span = (Segment(0, song.n_bars, "song") if config.window_scope == "song"
+            else song.segments[plan.target])
     window_bars, target, truncated_target = _target_tokens(song, plan, config.target_buckets[-1])
     window_end_bar = plan.window_start_bar + window_bars
     context, truncated_context = _context_tokens(song, plan, config, window_end_bar)
     global_start, global_end = _global_range(song.n_bars, plan.window_start_bar, window_end_bar,
                                              config.max_song_bars)
-    bars = _global_view(song, plan, bar_embeddings_GxE, global_start, global_end)
+    known_G = known_bars(song, plan, config.window_scope)
+    bars = _global_view(song, known_G, bar_embeddings_GxE, global_start, global_end)
     scalars = {
-        "segment_start_frame": np.int32(target_segment.start_bar * FRAMES_PER_BAR),
-        "segment_end_frame": np.int32(target_segment.end_bar * FRAMES_PER_BAR),
+        "segment_start_frame": np.int32(span.start_bar * FRAMES_PER_BAR),
+        "segment_end_frame": np.int32(span.end_bar * FRAMES_PER_BAR),
         "song_n_frames": np.int32(song.n_bars * FRAMES_PER_BAR),
         "window_start_bar": np.int32(plan.window_start_bar),
         "n_beats": np.float32(window_bars * BEATS_PER_BAR),
@@ -288,7 +317,7 @@ def _context_tokens(song: Song, plan: ExamplePlan, config: ExampleConfig,
     In ``all_previous`` mode older segments left out by ``previous_token_budget`` count
     as lost notes too, so the flag measures how often the budget binds.
     """
-    sources = context_sources(song.segments, plan, config.context_mode)
+    sources = context_sources(song.segments, plan, config.context_mode) if config.window_scope == "segment" else []
     window_offset = plan.window_start_bar - song.segments[plan.target].start_bar
     notes = [_cropped_notes(song, song.segments[i], slot, config.context_bars,
                             context_crop_offset(slot, config, window_offset)) for slot, i in sources]
@@ -334,9 +363,15 @@ def _global_range(n_bars: int, window_start_bar: int, window_end_bar: int,
     return start, start + max_bars
 
 
-def known_bars(song: Song, plan: ExamplePlan) -> np.ndarray:
-    """bool [n_bars]: bars of composed segments and the target's bars before the window."""
+def known_bars(song: Song, plan: ExamplePlan, window_scope: str = "segment") -> np.ndarray:
+    """bool [n_bars]: bars of composed segments and the target's bars before the window.
+
+    A song-scope window (written left to right) knows every bar before it and nothing after.
+    """
     known_G = np.zeros(song.n_bars, bool)
+    if window_scope == "song":
+        known_G[:plan.window_start_bar] = True
+        return known_G
     for index in plan.composed:
         segment = song.segments[index]
         known_G[segment.start_bar:segment.end_bar] = True
@@ -344,7 +379,7 @@ def known_bars(song: Song, plan: ExamplePlan) -> np.ndarray:
     return known_G
 
 
-def _global_view(song: Song, plan: ExamplePlan, bar_embeddings_GxE: np.ndarray | None,
+def _global_view(song: Song, known_G: np.ndarray, bar_embeddings_GxE: np.ndarray | None,
                  start_bar: int, end_bar: int) -> dict[str, np.ndarray]:
     """bar_embedding [G, E] (unknown bars zeroed) and bar_known [G] over bars [start, end)."""
     if bar_embeddings_GxE is None:
@@ -353,6 +388,5 @@ def _global_view(song: Song, plan: ExamplePlan, bar_embeddings_GxE: np.ndarray |
     if embeddings_GxE.ndim != 2 or embeddings_GxE.shape[0] != song.n_bars:
         raise ValueError(f"song {song.song_id}: bar embeddings of shape {embeddings_GxE.shape}, "
                          f"expected ({song.n_bars}, E)")
-    known_G = known_bars(song, plan)
     embeddings_GxE = np.where(known_G[:, None], embeddings_GxE, np.float32(0))
     return {"bar_embedding": embeddings_GxE[start_bar:end_bar], "bar_known": known_G[start_bar:end_bar]}

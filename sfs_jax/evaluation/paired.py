@@ -48,8 +48,12 @@ def _number(text: str) -> float:
 
 
 def _same_values(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Whether two rows of one slot hold the same metric values (NaN equals NaN)."""
-    return all(a[key] == b[key] or (math.isnan(a[key]) and math.isnan(b[key])) for key, _ in PAIRED_METRICS)
+    """Whether two rows of one slot hold the same metric values (NaN equals NaN).
+
+    Equal to 1e-5 relative: files written before per_song.csv kept every digit hold 6.
+    """
+    return all(math.isclose(a[key], b[key], rel_tol=1e-5, abs_tol=1e-12)
+               or (math.isnan(a[key]) and math.isnan(b[key])) for key, _ in PAIRED_METRICS)
 
 
 def read_per_song(paths: Iterable[str | Path]) -> list[dict[str, Any]]:

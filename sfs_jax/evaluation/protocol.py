@@ -81,14 +81,16 @@ PROTOCOL_NOTES = """\
   The rest of the compose order is the default rule (the seed first, then SFS.md
   section 1's order), drawn from a seed derived from (``seed``, structure, seed song).
 - **Models.** Every model, SFS, Flat or an ablation, composes through the same
-  ``Composer`` and request. The Flat checkpoint has no structure or seed inputs
-  (its context slots and G are off, so the contexts the composer builds are masked):
-  it still receives the seed notes as its first segment so every model's song
-  contains the same seed, but it starts every other segment from an empty window
-  (while sliding through a long segment it sees that segment's earlier bars only)
-  and never sees the seed or any other segment. The paper's Flat ("no structure, no
-  seed") is a GPT-like model; ours is the same decoder with the structure inputs
-  removed (``sfs_jax.model.flat``), trained on the same windows.
+  ``Composer`` and request. A Flat checkpoint has no structure or seed inputs (no
+  context slots, no G); it still receives the seed notes in the seed segment so every
+  model's song contains the same seed. The paper's Flat ("GPT-like, no structure, no
+  seed") is the default ``model=flat``: trained on windows anywhere in the song, it
+  writes the other segments left to right, each window reaching back up to
+  ``window_bars - 1`` bars across segment boundaries (so the bars right after the seed
+  continue it, as a GPT prompted with the seed would). A Flat trained on SFS's segment
+  windows (``examples.window_scope=segment``) instead starts every segment from an
+  empty window and never hears the seed or another segment. Both are the same decoder
+  with the structure inputs removed (``sfs_jax.model.flat``).
 - **Randomness.** The JAX key of a song depends on (``seed``, structure, seed song)
   only, so all models draw with common random numbers.
 - **Real songs.** The chosen seed songs themselves are scored through the same
@@ -435,9 +437,11 @@ def summarize(rows: Sequence[Mapping[str, Any]], by: Sequence[str] = ("model",))
 # ---------------------------------------------------------------- tables
 
 
-def _csv_number(value: float) -> str:
-    """'NA' (read as missing by pandas and R) for an undefined value."""
-    return "NA" if not math.isfinite(value) else f"{value:.6g}"
+def _csv_number(value: float, exact: bool = False) -> str:
+    """'NA' (read as missing by pandas and R) for an undefined value; 6 digits, or every digit when ``exact``."""
+    if not math.isfinite(value):
+        return "NA"
+    return repr(float(value)) if exact else f"{value:.6g}"
 
 
 def write_summary_csv(path: Path, summary: Sequence[Mapping[str, Any]], by: Sequence[str]) -> None:
@@ -455,13 +459,17 @@ def write_summary_csv(path: Path, summary: Sequence[Mapping[str, Any]], by: Sequ
 
 
 def write_rows_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Every song's raw values, for analyses the summary does not make."""
+    """Every song's raw values, for analyses the summary does not make.
+
+    Floats keep every digit, so a table computed from this file (``experiments.paired``)
+    equals the one computed from the rows in memory to the last printed digit.
+    """
     fields = list(dict.fromkeys(k for row in rows for k in row))
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: _csv_number(v) if isinstance(v, float) else v for k, v in row.items()})
+            writer.writerow({k: _csv_number(v, exact=True) if isinstance(v, float) else v for k, v in row.items()})
 
 
 def format_cell(iv: Interval, songs: int, digits: int = 4) -> str:
@@ -514,7 +522,8 @@ def results_markdown(summary: Sequence[Mapping[str, Any]], header_lines: Sequenc
         "beats/s: beats written per second of one batched compose call (every segment but the seed), after a "
         "warm-up call; it depends on the device and batch size.",
         "",
-        "## Models", "", "| name | workdir | model | context slots | G | step |", "|---|---|---|---|---|---|",
+        "## Models", "", "| name | workdir | model | windows | context slots | G | step |",
+        "|---|---|---|---|---|---|---|",
         *model_lines,
         "", "## Protocol", "", PROTOCOL_NOTES]
     return "\n".join(lines)
@@ -524,8 +533,9 @@ def model_line(spec: ModelSpec, config: ml_collections.ConfigDict, step: Any) ->
     """A row of the models table: what each evaluated checkpoint is."""
     model = tasks.model_config_from(config)
     slots = ",".join(model.context_slots) or "none"
+    scope = tasks.example_config_from(config).window_scope
     return (f"| {spec.name} | {spec.workdir} | {tasks.model_name_of(config)} ({config.get('model_size', '?')}) "
-            f"| {slots} | {'on' if model.use_global_view else 'off'} | {step} |")
+            f"| {scope} | {slots} | {'on' if model.use_global_view else 'off'} | {step} |")
 
 
 # ---------------------------------------------------------------- files

@@ -3,7 +3,12 @@
 SFS.md section 5 compares SFS with a GPT-like model that sees only the previous
 bars of the same window. Here it is the SFS model with cross-attention, the
 global view and segment positions switched off, so any difference in results
-comes from those parts and not from two code bases.
+comes from those parts and not from two code bases. What makes it GPT-like is the
+data, not the network: ``model=flat`` trains on song-scope windows
+(``ExampleConfig.window_scope="song"``, anywhere in the song, across segment
+boundaries) and composes left to right, each window reaching back over earlier
+segments (``sampling.composer.window_steps``). ``window_scope="segment"`` gives the
+same decoder on SFS's own windows, which starts every segment from an empty window.
 """
 
 from __future__ import annotations

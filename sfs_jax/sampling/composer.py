@@ -7,7 +7,9 @@ written so far), so contexts, known bars and positions cannot drift between
 training and generation. Segments longer than the window slide one bar at a time:
 the window's earlier bars are a teacher-forced prefix and bars that left the
 window are known to G through their bar-VAE embeddings. After every segment (and
-every slide) the new bars are embedded and marked known.
+every slide) the new bars are embedded and marked known. A model trained on
+song-scope windows (the GPT-like Flat) writes its segments left to right instead,
+each window free to reach back across segment boundaries (``window_steps``).
 
 Any segment can be regenerated while the rest of a song is kept (``regenerate``),
 a seed segment can be given as notes, and callbacks stream notes and contexts out
@@ -41,7 +43,7 @@ from sfs_jax.music.song import Song
 from sfs_jax.music.structure import Segment, StructureError, default_compose_order, validate_compose_order
 from sfs_jax.sampling.segment import SamplingConfig, SegmentSampler, window_notes
 from sfs_jax.training.restore import load_trained
-from sfs_jax.training.tasks import example_config_from
+from sfs_jax.training.tasks import check_window_scope, example_config_from
 
 FRAMES_PER_BAR = notes_lib.FRAMES_PER_BAR
 SEED_FITS = ("error", "pad", "trim", "fit")
@@ -103,12 +105,15 @@ def fit_seed(seed_notes_Nx4: np.ndarray, n_bars: int, seed_fit: str) -> np.ndarr
     return notes_lib.notes_in_bars(notes, 0, n_bars)
 
 
-def plan_order(request: ComposeRequest, rng: np.random.Generator) -> tuple[list[int], list[int], int | None]:
+def plan_order(request: ComposeRequest, rng: np.random.Generator,
+               left_to_right: bool = False) -> tuple[list[int], list[int], int | None]:
     """(kept segments, segments to write in order, seed segment).
 
     Kept segments (the seed, and with an existing song every segment not being
     regenerated) are "composed" from the start; the seed comes first among them
-    because SFS.md's Seed context is the first composed segment.
+    because SFS.md's Seed context is the first composed segment. ``left_to_right``
+    (a song-scope model, the GPT-like Flat) writes in song order: the seed still goes
+    where the default order puts it, and a given order must already be ascending.
     """
     n = len(request.segments)
     order = (validate_compose_order(request.compose_order, n) if request.compose_order is not None
@@ -132,7 +137,14 @@ def plan_order(request: ComposeRequest, rng: np.random.Generator) -> tuple[list[
     if seed is not None and seed in kept:
         kept.remove(seed)
         kept.insert(0, seed)
-    return kept, [i for i in order if i in regenerate], seed
+    to_write = [i for i in order if i in regenerate]
+    if left_to_right:
+        if request.compose_order is not None and to_write != sorted(to_write):
+            raise StructureError(f"this model writes the song left to right (window_scope='song', the Flat "
+                                 f"baseline): it cannot write segments in the order {to_write}; give them in "
+                                 "ascending order or no order")
+        to_write.sort()
+    return kept, to_write, seed
 
 
 class Composer:
@@ -142,11 +154,16 @@ class Composer:
                  sampling: SamplingConfig | None = None, chunk_tokens: int = 0) -> None:
         if model.config.use_global_view and vae is None:
             raise ValueError("this model uses the global view G: pass its bar VAE")
+        check_window_scope(model.config, example_config)
         self.model, self.example_config, self.vae = model, example_config, vae
         self.sampling = sampling or SamplingConfig(max_tokens=example_config.target_buckets[-1])
         self.sampler = SegmentSampler(model, self.sampling)
         self.chunk_tokens = chunk_tokens or self.sampling.max_tokens or example_config.target_buckets[-1]
         self._embed = bar_vae.make_embed_fn(vae) if vae is not None else None
+        self.left_to_right = example_config.window_scope == "song"
+        # The slots the decoder's mask lets through: reports name only the contexts the model sees.
+        self.visible_slots = (set(model.config.context_slots) if model.config.use_cross_attention
+                              and not self.left_to_right else set())
 
     def _embeddings(self, songs: Sequence[Song]) -> list[np.ndarray | None]:
         if self._embed is None:
@@ -172,7 +189,7 @@ class Composer:
         callbacks = callbacks or Callbacks()
         segments = request.segments
         n_bars = segments[-1].end_bar
-        kept, to_write, seed_index = plan_order(request, np.random.default_rng(seed))
+        kept, to_write, seed_index = plan_order(request, np.random.default_rng(seed), self.left_to_right)
         base = notes_lib.empty_notes()
         if request.existing_notes_Nx4 is not None:
             base = notes_lib.normalize_notes(request.existing_notes_Nx4)[0]
@@ -193,8 +210,8 @@ class Composer:
         contexts: dict[int, dict[str, int | None]] = {}
         for position in range(len(kept), len(order)):
             target = order[position]
-            chosen = {slot.name.lower(): index for slot, index in
-                      select_contexts(segments, list(order[:position]), target).items()}
+            chosen = {slot.name.lower(): index if slot.name.lower() in self.visible_slots else None
+                      for slot, index in select_contexts(segments, list(order[:position]), target).items()}
             contexts[target] = chosen
             if callbacks.on_segment_start:
                 callbacks.on_segment_start(target, chosen)
@@ -211,14 +228,11 @@ class Composer:
 
     def _write_segment(self, request: ComposeRequest, order: tuple[int, ...], position: int,
                        songs_notes: list[np.ndarray], key: jax.Array, callbacks: Callbacks) -> list[np.ndarray]:
-        """Writes segment ``order[position]`` of every sample, window by window."""
+        """Writes segment ``order[position]`` of every sample, window by window (``window_steps``)."""
         segment = request.segments[order[position]]
         window = self.example_config.window_bars
-        first_bars = min(window, segment.n_bars)
-        # (window start bar, first new bar): the first window writes all its bars, then one bar per slide.
-        steps = [(segment.start_bar, segment.start_bar)]
-        steps += [(bar - window + 1, bar) for bar in range(segment.start_bar + first_bars, segment.end_bar)]
-        for step_index, (window_start, new_bar) in enumerate(steps):
+        floor = 0 if self.left_to_right else segment.start_bar
+        for step_index, (window_start, new_bar) in enumerate(window_steps(segment, window, floor)):
             window_bars = min(window, segment.end_bar - window_start)
             songs = [self._song(request, notes, f"partial-{i}") for i, notes in enumerate(songs_notes)]
             plan = ExamplePlan(order, position, window_start, window_bars)
@@ -258,6 +272,20 @@ class Composer:
                 callbacks.on_note(i, segment_index, note)
             emitted[i] = max(emitted[i], len(notes))
         return emitted
+
+
+def window_steps(segment: Segment, window_bars: int, floor_bar: int) -> list[tuple[int, int]]:
+    """(window start bar, first new bar) of each sampler call that writes ``segment``.
+
+    Windows never start before ``floor_bar``: the segment's own start for SFS (a
+    window stays inside its segment), 0 for a left-to-right model, whose first window
+    takes up to ``window_bars - 1`` earlier bars of the song as its prefix. The first
+    window writes every bar it holds, then each slide writes one more bar.
+    """
+    first_start = max(floor_bar, segment.start_bar - window_bars + 1)
+    first_end = min(first_start + window_bars, segment.end_bar)
+    return [(first_start, segment.start_bar)] + [(bar - window_bars + 1, bar)
+                                                 for bar in range(first_end, segment.end_bar)]
 
 
 def _prefix_lengths(target_type_BxT: np.ndarray, prefix_frames: int) -> np.ndarray:

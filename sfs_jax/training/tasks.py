@@ -96,8 +96,21 @@ def model_config_from(config: ml_collections.ConfigDict) -> ModelConfig:
 
 
 def example_config_from(config: ml_collections.ConfigDict) -> ExampleConfig:
+    """The frozen ExampleConfig of an experiment config (fields a saved config lacks take their defaults)."""
     fields = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in to_dict(config.examples).items()}
     return ExampleConfig(**fields)
+
+
+def check_window_scope(model: ModelConfig, examples: ExampleConfig) -> None:
+    """Refuses a model with contexts on song-scope windows, which have none.
+
+    A song-scope window crosses segment boundaries, so it has no target segment to
+    select contexts for: cross-attention would attend to nothing and train nothing.
+    """
+    if examples.window_scope == "song" and model.use_cross_attention and model.context_slots:
+        raise ValueError("examples.window_scope='song' (the GPT-like Flat baseline) builds no contexts, but the "
+                         f"model cross-attends to {model.context_slots}: use model=flat, or "
+                         "--config.examples.window_scope=segment")
 
 
 def _eval_iterator(source: Any, make: Any, batch_size: int, n_batches: int):
@@ -115,6 +128,7 @@ def sfs_task(config: ml_collections.ConfigDict, dataset_dir: str | Path,
                          "(experiments/train.py does both), or set --config.model.use_global_view=False")
     embeddings = bar_embeddings if model_cfg.use_global_view else None
     examples = example_config_from(config)
+    check_window_scope(model_cfg, examples)
     splits = open_splits(dataset_dir)
     batch = config.train.batch_size
 
