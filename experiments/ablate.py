@@ -25,6 +25,8 @@ from experiments import pipeline
 from experiments.configs import ablate as ablate_configs
 from experiments.configs import bar_vae as vae_configs
 from sfs_jax.training import tasks
+from sfs_jax.training.checkpoint import read_meta
+from sfs_jax.training.train import check_resumable
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/sfs.py", "Base SFS config.")
 _SWEEP = flags.DEFINE_enum("sweep", "context", sorted(ablate_configs.SWEEPS), "Which sweep.")
@@ -74,10 +76,15 @@ def main(argv: list[str]) -> None:
     for name, config in runs:
         run_dir = workdir / name
         final = run_dir / "final_metrics.json"
+        if final.exists():  # a finished variant is reused, if it is the variant asked for
+            try:
+                check_resumable(tasks.run_identity, read_meta(run_dir, best=False)["config"], config.to_dict(), run_dir)
+            except ValueError as err:
+                raise app.UsageError(f"variant {name!r}: {err}") from err
         result = (json.loads(final.read_text()) if final.exists()
                   else pipeline.run(config, str(run_dir), _WORKERS.value))
         rows.append({"variant": name, "steps": config.train.num_steps,
-                     "windows": config.examples.window_scope, **result["validation"]})
+                     "windows": tasks.example_config_from(config).window_scope, **result["validation"]})
         print(write_table(rows, workdir))
 
 

@@ -251,3 +251,18 @@ def test_a_model_with_contexts_refuses_song_scope_windows(composer: Composer) ->
     song_scope = dataclasses.replace(TINY_EXAMPLES, window_scope="song")
     with pytest.raises(ValueError, match="builds no contexts"):
         Composer(composer.model, song_scope, composer.vae, SamplingConfig(max_tokens=256))
+
+
+def test_a_prefix_over_the_token_budget_is_cut_from_the_front(seed_notes: np.ndarray) -> None:
+    """Bar 1 holds 200 notes: with it as prefix, the song-scope window over bars 1-2 would pass the 256-token
+    budget, so the step starts at bar 2 with no prefix, exactly as the segment-scope Flat writes B."""
+    segments = parse_structure("A2 B1")
+    onsets = np.arange(200) % notes_lib.FRAMES_PER_BAR + notes_lib.FRAMES_PER_BAR
+    dense = np.stack([onsets, 40 + np.arange(200) // notes_lib.FRAMES_PER_BAR, np.full(200, 80),
+                      np.full(200, 1)], 1).astype(np.int32)
+    existing = np.concatenate([seed_notes[seed_notes[:, notes_lib.ONSET] < notes_lib.FRAMES_PER_BAR], dense])
+    redo = ComposeRequest(segments, 90.0, existing_notes_Nx4=existing, regenerate=(1,))
+    written = {scope: notes_lib.notes_in_bars(flat_composer(scope).compose(redo, jax.random.key(1))[0].song.notes_Nx4,
+                                              2, 3) for scope in ("song", "segment")}
+    assert len(written["song"])
+    np.testing.assert_array_equal(written["song"], written["segment"])

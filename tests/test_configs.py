@@ -90,11 +90,19 @@ def test_flat_and_bad_arguments() -> None:
 
 
 def test_flat_is_gpt_like_and_song_windows_refuse_a_model_with_contexts(tmp_path) -> None:
-    """``model=flat`` trains on song-scope windows; SFS on them would cross-attend to nothing."""
+    """``model=flat`` (or ``--config.model_name=flat``) trains on song-scope windows, SFS on segment
+    windows; SFS on song windows would cross-attend to nothing; a saved config without the field is segment."""
     from experiments import pipeline
 
-    assert sfs_configs.get_config("size=tiny,model=flat").examples.window_scope == "song"
-    assert sfs_configs.get_config("size=tiny").examples.window_scope == "segment"
+    scope = lambda config: tasks.example_config_from(config).window_scope
+    assert scope(sfs_configs.get_config("size=tiny,model=flat")) == "song"
+    assert scope(sfs_configs.get_config("size=tiny")) == "segment"
+    renamed = sfs_configs.get_config("size=tiny")
+    renamed.model_name = "flat"
+    assert scope(renamed) == "song"
+    old = sfs_configs.get_config("size=tiny,model=flat")
+    del old.examples["window_scope"]
+    assert scope(old) == "segment"
     config = sfs_configs.get_config("size=tiny")
     config.examples.window_scope = "song"
     config.data.data_dir = str(tmp_path / "data")

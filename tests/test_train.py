@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -339,6 +340,21 @@ def test_resume_is_exact(run_a: Path, tiny_synthetic_dataset: Path, tmp_path: Pa
         assert _step_dirs(workdir / "checkpoints") == [3, 6]
         assert _step_dirs(workdir / "best") == [min(validation, key=validation.get)]
         assert read_meta(workdir)["step"] == min(validation, key=validation.get)
+
+
+def test_resume_refuses_a_workdir_of_another_model_or_examples(run_a: Path, tiny_synthetic_dataset: Path,
+                                                               tmp_path: Path) -> None:
+    """Resuming carries on with today's config: a changed example recipe or model is refused, nothing is written."""
+    workdir = tmp_path / "copy"
+    shutil.copytree(run_a, workdir)
+    before = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*"))
+    for field, value in (("examples.ref_crop", "aligned"), ("model.use_segment_positions", False)):
+        config = tiny_sfs_config()
+        block, name = field.split(".")
+        config[block][name] = value
+        with pytest.raises(ValueError, match=f"another model or examples.*{field}"):
+            train_and_evaluate(sfs_task(config, tiny_synthetic_dataset), config, workdir)
+    assert sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*")) == before
 
 
 def test_time_budget_stops_early_with_a_scored_resumable_checkpoint(run_a: Path, tiny_synthetic_dataset: Path,

@@ -56,12 +56,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     preset.update(compute_dtype=args.compute_dtype or ("bfloat16" if args.size == "paper" else "float32"))
     config.model = ml_collections.ConfigDict(preset)
     # Every sfs_jax.data.examples.ExampleConfig field, with the size's values, so any can be overridden.
-    # Flat is GPT-like (SFS.md section 5): its windows run anywhere in the song, across segment
-    # boundaries, and it composes left to right; --config.examples.window_scope=segment gives the
-    # decoder trained on SFS's windows instead (it starts every segment from an empty window).
-    scope = "song" if args.model == "flat" else "segment"
-    config.examples = ml_collections.ConfigDict(dataclasses.asdict(
-        ExampleConfig(context_mode="sfs", window_scope=scope, **EXAMPLES_BY_SIZE[args.size])))
+    config.examples = ml_collections.ConfigDict(
+        dataclasses.asdict(ExampleConfig(context_mode="sfs", **EXAMPLES_BY_SIZE[args.size])))
+    # "auto": song windows for Flat, segment windows for SFS (tasks.example_config_from). Flat is
+    # GPT-like (SFS.md section 5): its windows run anywhere in the song, across segment boundaries,
+    # and it composes left to right; --config.examples.window_scope=segment gives the decoder
+    # trained on SFS's windows instead (it starts every segment from an empty window).
+    config.examples.window_scope = "auto"
     config.data = common.data_block(builder=args.data,
                                     num_songs=64 if args.size == "tiny" else 512)
     # Where the bar VAE lives (experiments/train.py trains it first when empty and G is on).

@@ -91,7 +91,8 @@ class ExampleConfig:
         if self.ref_crop not in REF_CROPS:
             raise ValueError(f"ref_crop {self.ref_crop!r} not in {REF_CROPS}")
         if self.window_scope not in WINDOW_SCOPES:
-            raise ValueError(f"window_scope {self.window_scope!r} not in {WINDOW_SCOPES}")
+            raise ValueError(f"window_scope {self.window_scope!r} not in {WINDOW_SCOPES} (an experiment config's "
+                             "'auto' is resolved by training.tasks.example_config_from)")
         if self.window_bars < 1 or self.context_bars < 1:
             raise ValueError("window_bars and context_bars must be >= 1")
         for name in ("target_buckets", "context_buckets", "bar_buckets"):

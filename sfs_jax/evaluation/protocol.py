@@ -347,6 +347,9 @@ def compose_all(composer: Composer, model: str, structures: Sequence[StructureSp
     """Every (structure, seed song) for one model, after a warm-up call that is not timed."""
     warmup = warmup_structure(structures, composer.example_config.window_bars)
     composer.compose(seed_request(warmup, seeds[0]), jax.random.key(base_seed), samples, seed=base_seed)
+    if composer.left_to_right and any(s.seed_segment != 0 for s in structures):
+        # The seed at bar 0 gives every window of a left-to-right model a prefix; unseeded, its first has none.
+        composer.compose(ComposeRequest(warmup.segments), jax.random.key(base_seed), samples, seed=base_seed)
     songs = []
     for s_index, structure in enumerate(structures):
         for k_index, seed in enumerate(seeds):

@@ -1,4 +1,4 @@
-"""The paper's Flat baseline: a decoder over an 8-bar window, no structure, no seed.
+"""The paper's Flat baseline: a GPT-like decoder over an 8-bar window, no structure or seed inputs.
 
 SFS.md section 5 compares SFS with a GPT-like model that sees only the previous
 bars of the same window. Here it is the SFS model with cross-attention, the
@@ -7,7 +7,8 @@ comes from those parts and not from two code bases. What makes it GPT-like is th
 data, not the network: ``model=flat`` trains on song-scope windows
 (``ExampleConfig.window_scope="song"``, anywhere in the song, across segment
 boundaries) and composes left to right, each window reaching back over earlier
-segments (``sampling.composer.window_steps``). ``window_scope="segment"`` gives the
+segments (``sampling.composer.window_steps``), so the bars after a seed hear it as a
+prompt, as a GPT's would. ``window_scope="segment"`` gives the
 same decoder on SFS's own windows, which starts every segment from an empty window.
 """
 

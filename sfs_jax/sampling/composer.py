@@ -112,8 +112,9 @@ def plan_order(request: ComposeRequest, rng: np.random.Generator,
     Kept segments (the seed, and with an existing song every segment not being
     regenerated) are "composed" from the start; the seed comes first among them
     because SFS.md's Seed context is the first composed segment. ``left_to_right``
-    (a song-scope model, the GPT-like Flat) writes in song order: the seed still goes
-    where the default order puts it, and a given order must already be ascending.
+    (a song-scope model, the GPT-like Flat) writes in song order: a seed without a
+    ``seed_segment`` still goes where the default order puts it, and a given order must
+    already be ascending.
     """
     n = len(request.segments)
     order = (validate_compose_order(request.compose_order, n) if request.compose_order is not None
@@ -233,10 +234,10 @@ class Composer:
         window = self.example_config.window_bars
         floor = 0 if self.left_to_right else segment.start_bar
         for step_index, (window_start, new_bar) in enumerate(window_steps(segment, window, floor)):
-            window_bars = min(window, segment.end_bar - window_start)
+            window_end = min(window_start + window, segment.end_bar)
             songs = [self._song(request, notes, f"partial-{i}") for i, notes in enumerate(songs_notes)]
-            plan = ExamplePlan(order, position, window_start, window_bars)
-            batch = self._batch(songs, plan, self._embeddings(songs))
+            window_start, batch = self._fitting_batch(songs, order, position, window_start, new_bar, window_end)
+            window_bars = window_end - window_start
             prefix_len = _prefix_lengths(batch["target_type"], (new_bar - window_start) * FRAMES_PER_BAR)
             state = initial = self.sampler.start(batch, jax.random.fold_in(key, step_index),
                                                  n_frames_B=window_bars * FRAMES_PER_BAR, prefix_len_B=prefix_len)
@@ -256,6 +257,26 @@ class Composer:
                 new = _new_notes(tokens_BxTx5[i], window_start, new_bar, segment.end_bar)
                 songs_notes[i] = np.concatenate([songs_notes[i], new])
         return songs_notes
+
+    def _fitting_batch(self, songs: Sequence[Song], order: tuple[int, ...], position: int, window_start: int,
+                       new_bar: int, window_end: int) -> tuple[int, dict[str, np.ndarray]]:
+        """(window start, batch) of the window ending at ``window_end``, its prefix cut from the front to fit.
+
+        A prefix (the written bars before ``new_bar``) denser than the largest target
+        bucket would be re-windowed by ``build_example`` from its start, dropping the bars
+        the step must write and the teacher forcing with them; each bar cut here is one
+        the model no longer hears, but nothing is written out of place.
+        """
+        embeddings = self._embeddings(songs)
+        while True:
+            batch = self._batch(songs, ExamplePlan(order, position, window_start, window_end - window_start),
+                                embeddings)
+            if not int(batch["truncated_target"]):
+                return window_start, batch
+            if window_start == new_bar:
+                raise ValueError(f"bars {new_bar}-{window_end} do not fit the largest target bucket "
+                                 f"({self.example_config.target_buckets[-1]} tokens) even without a prefix")
+            window_start += 1
 
     @staticmethod
     def _stream_notes(state, window_start: int, new_bar: int, frames_done: np.ndarray | None,
@@ -280,7 +301,7 @@ def window_steps(segment: Segment, window_bars: int, floor_bar: int) -> list[tup
     Windows never start before ``floor_bar``: the segment's own start for SFS (a
     window stays inside its segment), 0 for a left-to-right model, whose first window
     takes up to ``window_bars - 1`` earlier bars of the song as its prefix. The first
-    window writes every bar it holds, then each slide writes one more bar.
+    window writes from the segment's start to its own end, then each slide writes one more bar.
     """
     first_start = max(floor_bar, segment.start_bar - window_bars + 1)
     first_end = min(first_start + window_bars, segment.end_bar)

@@ -13,13 +13,12 @@ from typing import Any
 import jax
 import ml_collections
 import optax
-from absl import logging
 from flax import nnx
 
 from sfs_jax.model import bar_vae
 from sfs_jax.model.sfs import SFSModel
 from sfs_jax.training.checkpoint import Checkpoints, read_meta
-from sfs_jax.training.tasks import MODEL_NAMES, model_config_from
+from sfs_jax.training.tasks import model_config_from, upgrade_saved_config
 from sfs_jax.training.train import make_optimizer
 
 
@@ -30,20 +29,6 @@ def make_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
         return bar_vae.BarVAE(model_cfg.vae, compute_dtype=config.model.get("compute_dtype", "float32"),
                               rngs=rngs)
     return SFSModel(model_cfg, rngs=rngs)
-
-
-def upgrade_saved_config(config: ml_collections.ConfigDict, workdir: Path) -> ml_collections.ConfigDict:
-    """A saved config as today's code reads it.
-
-    Before ``model_name`` was checked, any name but ``flat`` trained SFS, so a
-    checkpoint saved with a label there (``sfs_segment_4k``) holds an SFS model: it is
-    read as ``sfs`` (logged) rather than refused, so no trained run becomes unloadable.
-    """
-    if config.get("task", "sfs") == "sfs" and config.get("model_name", "sfs") not in MODEL_NAMES["sfs"]:
-        logging.warning("%s: saved model_name %r is a label from before model names were checked; "
-                        "it trained SFS, so it is read as 'sfs'", workdir, config.model_name)
-        config.model_name = "sfs"
-    return config
 
 
 def saved_config(workdir: str | Path, best: bool = True) -> ml_collections.ConfigDict:

@@ -7,6 +7,7 @@ pieces ``train_and_evaluate`` needs, so the loop itself knows nothing of music.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Mapping
@@ -88,6 +89,20 @@ def model_name_of(config: ml_collections.ConfigDict) -> str:
     return name
 
 
+def upgrade_saved_config(config: ml_collections.ConfigDict, workdir: str | Path = "") -> ml_collections.ConfigDict:
+    """A saved config as today's code reads it.
+
+    Before ``model_name`` was checked, any name but ``flat`` trained SFS, so a
+    checkpoint saved with a label there (``sfs_segment_4k``) holds an SFS model: it is
+    read as ``sfs`` (logged) rather than refused, so no trained run becomes unloadable.
+    """
+    if config.get("task", "sfs") == "sfs" and config.get("model_name", "sfs") not in MODEL_NAMES["sfs"]:
+        logging.warning("%s: saved model_name %r is a label from before model names were checked; "
+                        "it trained SFS, so it is read as 'sfs'", workdir, config.model_name)
+        config.model_name = "sfs"
+    return config
+
+
 def model_config_from(config: ml_collections.ConfigDict) -> ModelConfig:
     """The frozen ModelConfig of an experiment config (Flat applies its switches last)."""
     overrides = to_dict(config.model)
@@ -96,9 +111,38 @@ def model_config_from(config: ml_collections.ConfigDict) -> ModelConfig:
 
 
 def example_config_from(config: ml_collections.ConfigDict) -> ExampleConfig:
-    """The frozen ExampleConfig of an experiment config (fields a saved config lacks take their defaults)."""
+    """The frozen ExampleConfig of an experiment config (fields a saved config lacks take their defaults).
+
+    ``window_scope="auto"`` (the config files' default) follows the model: song windows
+    for Flat, segment windows for SFS, so ``--config.model_name=flat`` gets the GPT-like
+    Flat as ``model=flat`` does. Configs saved before the field existed trained on
+    segment windows, and the dataclass default says so.
+    """
     fields = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in to_dict(config.examples).items()}
+    if fields.get("window_scope") == "auto":
+        fields["window_scope"] = "song" if model_name_of(config) == "flat" else "segment"
     return ExampleConfig(**fields)
+
+
+# ModelConfig fields a resumed run may change: how it computes, not what it learns.
+RESUMABLE_MODEL_FIELDS = ("compute_dtype", "attention_implementation")
+
+
+def run_identity(config_json: Mapping[str, Any]) -> dict[str, Any]:
+    """What a resumed (or reused) run must share with its checkpoint: the model and the examples it learns from.
+
+    Batch size, schedule and step count may change between sessions (a longer run
+    resumes a shorter one); a different model or example recipe would silently train
+    one run on two definitions, so ``train_and_evaluate`` refuses it.
+    """
+    config = upgrade_saved_config(ml_collections.ConfigDict(dict(config_json)))
+    model = dataclasses.asdict(model_config_from(config))
+    for name in RESUMABLE_MODEL_FIELDS:
+        model.pop(name, None)
+    if config.get("task", "sfs") == "bar_vae":
+        return {"task": "bar_vae", "vae": model["vae"]}
+    return {"task": "sfs", "model_name": model_name_of(config), "model": model,
+            "examples": dataclasses.asdict(example_config_from(config))}
 
 
 def check_window_scope(model: ModelConfig, examples: ExampleConfig) -> None:
@@ -143,7 +187,8 @@ def sfs_task(config: ml_collections.ConfigDict, dataset_dir: str | Path,
         normalizer_fn=steps.sfs_normalizers,
         make_train_iterator=lambda seed: make(splits["train"], None, seed=seed, shuffle=True),
         make_eval_iterator=lambda: _eval_iterator(eval_source(splits), make, batch, config.train.eval_batches),
-        config_json=config.to_dict())
+        config_json=config.to_dict(),
+        resume_identity=run_identity)
 
 
 def vae_task(config: ml_collections.ConfigDict, dataset_dir: str | Path) -> Task:
@@ -172,5 +217,6 @@ def vae_task(config: ml_collections.ConfigDict, dataset_dir: str | Path) -> Task
         make_train_iterator=lambda seed: make(splits["train"], None, seed=seed),
         make_eval_iterator=lambda: _eval_iterator(eval_source(splits), make, batch, config.train.eval_batches),
         tokens_key="type",
-        config_json=config.to_dict())
+        config_json=config.to_dict(),
+        resume_identity=run_identity)
 

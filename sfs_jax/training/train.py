@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sfs_jax.training import steps
-from sfs_jax.training.checkpoint import Checkpoints
+from sfs_jax.training.checkpoint import Checkpoints, read_meta
 from sfs_jax.training.metrics_writer import MetricsWriter
 
 
@@ -46,6 +46,32 @@ class Task:
     make_eval_iterator: Callable[[], Iterator[dict[str, np.ndarray]] | None]
     tokens_key: str = "target_type"  # non-zero entries of this field are the batch's tokens
     config_json: dict = dataclasses.field(default_factory=dict)
+    # config json -> what a resumed run must share with its checkpoint (None: not checked)
+    resume_identity: Callable[[dict], Any] | None = None
+
+
+def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, Mapping):
+        return {k: v for key, value in tree.items() for k, v in _leaves(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
+def check_resumable(identity: Callable[[dict], Any] | None, saved_config_json: Mapping[str, Any],
+                    config_json: Mapping[str, Any], workdir: str | Path) -> None:
+    """Refuses to resume (or reuse) a workdir whose checkpoint trained another model or other examples.
+
+    Resuming restores weights and data position and carries on with today's config,
+    so a changed model or example recipe would give one run two definitions without a word.
+    ``identity`` (``Task.resume_identity``) says what must match; None checks nothing.
+    """
+    if identity is None:
+        return
+    saved, current = _leaves(identity(dict(saved_config_json))), _leaves(identity(dict(config_json)))
+    differing = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    if differing:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in differing[:4])
+        raise ValueError(f"{workdir} holds a run of another model or examples ({shown}"
+                         f"{', ...' if len(differing) > 4 else ''}); resuming would mix the two: use a new --workdir")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -140,6 +166,8 @@ def train_and_evaluate(task: Task, config: ml_collections.ConfigDict, workdir: s
     train_iterator = task.make_train_iterator(train_config.seed)
     start_step = 0
     if checkpoints.latest_step() is not None:
+        check_resumable(task.resume_identity, read_meta(workdir, best=False).get("config", {}), task.config_json,
+                        workdir)
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
         state, data_state, meta = checkpoints.restore(abstract)
         train_iterator.set_state(data_state)
