@@ -5,7 +5,8 @@
 #   python -m data_pipeline.build --config=pop909 --manual_dir=../shared/data/pop909 --data_dir=runs/pop909/tfds
 #   device run, carry [".whl", "runs/pop909/tfds"]:
 #     bash benchmarks/gpu/run_all.sh bench     # MFU (paper, bf16) + generation speed, about 4 min
-#     bash benchmarks/gpu/run_all.sh train     # VAE, SFS, Flat, SFS (segment) on POP909 under a wall-clock budget
+#     bash benchmarks/gpu/run_all.sh train     # VAE, SFS, Flat (GPT-like), SFS (segment) on POP909 under a
+#                                              # wall-clock budget, then Flat scored on SFS's validation windows
 #
 # Everything lands in $OUT (the device tool brings it back): one log per step and the
 # metrics.jsonl of each training run (the learning curves; `python -m benchmarks.gpu.curves`
@@ -73,6 +74,9 @@ case ${1:-bench} in
         --config.train.max_train_seconds="${!budget_var:-150}" "${LM[@]}" ${extra[@]+"${extra[@]}"} --workdir="$RUNS/$run"
       cp "$RUNS/$run/metrics.jsonl" "$OUT/${run}_metrics.jsonl" 2>/dev/null
     done
+    # Flat (GPT-like) validates on its own song windows: score it on SFS's validation windows too.
+    step flat_on_sfs_windows "$PY" -m experiments.context_use --workdir="$RUNS/flat" --variants=none \
+      --window_scope=segment
     ;;
   *) echo "usage: $0 bench|train" >&2; exit 2 ;;
 esac
