@@ -53,17 +53,27 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
-    def restore(self, abstract_state: Any, step: int | None = None, best: bool = False
-                ) -> tuple[Any, dict, dict]:
-        """(state, data iterator state, meta) of a step (default: latest, or the best one)."""
+    def _chosen(self, best: bool, step: int | None = None) -> tuple[ocp.CheckpointManager, int]:
+        """(manager, step): the given step, else the latest or the best one."""
         manager = self.best if best else self.latest
         step = step if step is not None else (manager.best_step() if best else manager.latest_step())
         if step is None:
             raise FileNotFoundError(f"no checkpoint under {manager.directory}")
+        return manager, step
+
+    def restore(self, abstract_state: Any, step: int | None = None, best: bool = False
+                ) -> tuple[Any, dict, dict]:
+        """(state, data iterator state, meta) of a step (default: latest, or the best one)."""
+        manager, step = self._chosen(best, step)
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
             meta=ocp.args.JsonRestore()))
         return restored.state, restored.data, restored.meta
+
+    def meta(self, best: bool = False) -> dict:
+        """The ``meta`` item (config, step, metrics) of the latest (or best) checkpoint, without the state."""
+        manager, step = self._chosen(best)
+        return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
     def close(self) -> None:
         self.latest.close()
@@ -74,10 +84,6 @@ def read_meta(workdir: str | Path, best: bool = True) -> dict:
     """The ``meta`` item (config, step, metrics) of a workdir's best (or latest) checkpoint."""
     checkpoints = Checkpoints(workdir)
     try:
-        manager = checkpoints.best if best else checkpoints.latest
-        step = manager.best_step() if best else manager.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint under {manager.directory}")
-        return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        return checkpoints.meta(best)
     finally:
         checkpoints.close()

@@ -29,7 +29,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sfs_jax.training import steps
-from sfs_jax.training.checkpoint import Checkpoints, read_meta
+from sfs_jax.training.checkpoint import Checkpoints
 from sfs_jax.training.metrics_writer import MetricsWriter
 
 
@@ -166,8 +166,7 @@ def train_and_evaluate(task: Task, config: ml_collections.ConfigDict, workdir: s
     train_iterator = task.make_train_iterator(train_config.seed)
     start_step = 0
     if checkpoints.latest_step() is not None:
-        check_resumable(task.resume_identity, read_meta(workdir, best=False).get("config", {}), task.config_json,
-                        workdir)
+        check_resumable(task.resume_identity, checkpoints.meta().get("config", {}), task.config_json, workdir)
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
         state, data_state, meta = checkpoints.restore(abstract)
         train_iterator.set_state(data_state)
