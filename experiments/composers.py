@@ -12,7 +12,7 @@ from flax import nnx
 
 from experiments.configs.sfs import EXAMPLES_BY_SIZE
 from sfs_jax.data.examples import ExampleConfig
-from sfs_jax.model.bar_vae import BarVAE
+from sfs_jax.model.bar_vae import make_bar_vae
 from sfs_jax.model.config import model_config
 from sfs_jax.model.sfs import SFSModel
 from sfs_jax.sampling.composer import Composer, load_composer
@@ -28,7 +28,7 @@ def random_composer(size: str, chunk_tokens: int, seed: int = 0) -> Composer:
     config = model_config(size)
     examples = ExampleConfig(**EXAMPLES_BY_SIZE[size])
     model = SFSModel(config, rngs=nnx.Rngs(seed))
-    vae = BarVAE(config.vae, rngs=nnx.Rngs(seed + 1))
+    vae = make_bar_vae(config, nnx.Rngs(seed + 1))
     return Composer(model, examples, vae, SamplingConfig(max_tokens=examples.target_buckets[-1]), chunk_tokens)
 
 

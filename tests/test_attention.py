@@ -8,7 +8,8 @@ Properties proved here:
   mask-based paths compute the same function;
 - a query row that sees no key returns exact zeros on every path;
 - logits and softmax run in fp32 even for bf16 inputs;
-- rotary codes make query-key dot products depend only on the position difference.
+- rotary codes make query-key dot products depend only on the position difference, partial
+  (the reference: first half of each head, adjacent pairs) or full; a known answer for the pairs.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 
 from sfs_jax.model import attention
-from sfs_jax.model.attention import FastPath, apply_rope, attend, causal_mask, padding_mask
+from sfs_jax.model.attention import FastPath, Rotary, apply_rope, attend, causal_mask, padding_mask
 
 FP32_ATOL = 1e-5  # reference vs XLA in fp32: same math, different op order
 B, T, S, H, K = 2, 7, 11, 3, 8
@@ -163,32 +164,47 @@ def test_bf16_inputs_get_fp32_logits_and_softmax() -> None:
     assert exp_inputs and all(dtype == jnp.float32 for dtype in exp_inputs), exp_inputs
 
 
-def test_rope_dot_products_depend_only_on_position_difference() -> None:
+@pytest.mark.parametrize("rotary_dims, pairs", [(K // 2, "adjacent"), (K, "halves"), (K, "adjacent")],
+                         ids=["partial_adjacent", "full_halves", "full_adjacent"])
+def test_rope_dot_products_depend_only_on_position_difference(rotary_dims: int, pairs: str) -> None:
     """<rope(q, p + d), rope(k, p' + d)> == <rope(q, p), rope(k, p')> for every head and shift d.
 
     This is what makes cross-attention distances relative (SFS.md section 3): a target
     token and a context note interact through their distance in frames only. Positions
-    up to ~2000 frames; 1e-4 relative tolerance covers fp32 angle rounding.
+    up to ~2000 frames; 1e-4 relative tolerance covers fp32 angle rounding. Holds for the
+    reference's partial rotary (first half of each head, adjacent pairs) and v1's full one.
     """
     rng = np.random.default_rng(4)
     q = jnp.asarray(rng.normal(size=(B, T, H, K)), jnp.float32)
     k = jnp.asarray(rng.normal(size=(B, S, H, K)), jnp.float32)
     q_pos = jnp.asarray(rng.integers(0, 1000, (B, T)), jnp.int32)
     k_pos = jnp.asarray(rng.integers(0, 1000, (B, S)), jnp.int32)
+    rotary = Rotary(rotary_dims, 10_000.0, pairs)
+    rope = lambda x, positions: apply_rope(x, rotary.angles(positions))
 
     def dots(shift: int) -> np.ndarray:
-        rq = apply_rope(q, q_pos + shift, 10_000.0)
-        rk = apply_rope(k, k_pos + shift, 10_000.0)
-        return np.asarray(jnp.einsum("bthk,bshk->bhts", rq, rk))
+        return np.asarray(jnp.einsum("bthk,bshk->bhts", rope(q, q_pos + shift), rope(k, k_pos + shift)))
 
     base = dots(0)
     for shift in (1, 37, 1000):
         np.testing.assert_allclose(dots(shift), base, rtol=1e-4, atol=1e-4)
     # Power: moving only the queries changes the dot products.
-    moved = np.asarray(jnp.einsum("bthk,bshk->bhts", apply_rope(q, q_pos + 5, 10_000.0),
-                                  apply_rope(k, k_pos, 10_000.0)))
+    moved = np.asarray(jnp.einsum("bthk,bshk->bhts", rope(q, q_pos + 5), rope(k, k_pos)))
     assert np.max(np.abs(moved - base)) > 1e-1
-    # Rotation: norms are kept and position 0 is the identity.
-    np.testing.assert_allclose(np.linalg.norm(np.asarray(apply_rope(q, q_pos, 10_000.0)), axis=-1),
+    # Rotation: norms are kept, position 0 is the identity, dims past rotary_dims pass unrotated.
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(rope(q, q_pos)), axis=-1),
                                np.linalg.norm(np.asarray(q), axis=-1), rtol=1e-5)
-    np.testing.assert_array_equal(np.asarray(apply_rope(q, jnp.zeros_like(q_pos), 10_000.0)), np.asarray(q))
+    np.testing.assert_array_equal(np.asarray(rope(q, jnp.zeros_like(q_pos))), np.asarray(q))
+    np.testing.assert_array_equal(np.asarray(rope(q, q_pos))[..., rotary_dims:], np.asarray(q)[..., rotary_dims:])
+
+
+def test_adjacent_pairs_rotate_dims_two_by_two() -> None:
+    """Known answer: pair (2i, 2i+1) turns by position * 10000^(-2i/R); the reference's layout (x-transformers)."""
+    x = jnp.asarray(np.arange(1, 9, dtype=np.float32)).reshape(1, 1, 1, 8)
+    out = np.asarray(apply_rope(x, Rotary(4, 10_000.0, "adjacent").angles(jnp.asarray([[3]]))))[0, 0, 0]
+    for i, freq in enumerate((1.0, 10_000.0 ** -0.5)):
+        a, b, angle = 2 * i + 1.0, 2 * i + 2.0, 3 * freq
+        np.testing.assert_allclose(out[2 * i: 2 * i + 2],
+                                   [a * np.cos(angle) - b * np.sin(angle), b * np.cos(angle) + a * np.sin(angle)],
+                                   rtol=1e-6)
+    np.testing.assert_array_equal(out[4:], [5, 6, 7, 8])

@@ -55,11 +55,14 @@ def test_shapes_and_embedding_is_mu(model, songs):
     batch = _batch(songs[0], 0)
     out = model(batch, jax.random.key(1))
     latent = VAE_CONFIG.latent_dim
-    expected = {"type": 4, "pitch": notes_lib.NUM_PITCHES, "velocity": 128, "duration": 65}
+    # The reference's type head: FRAME (END included) or NOTE.
+    expected = {"type": 2, "pitch": notes_lib.NUM_PITCHES, "velocity": 128, "duration": 65}
     for name, classes in expected.items():
         assert out[name].shape == (BARS, MAX_BAR_TOKENS, classes), name
     assert out["mu"].shape == out["logvar"].shape == (BARS, latent)
-    np.testing.assert_array_equal(model.embed_bars(batch), out["mu"])
+    # Trained on END-terminated bars, G's embedding reads a bar without END (the reference's two forms).
+    np.testing.assert_array_equal(model.embed_bars(batch), model.encode(bar_vae.without_end(batch))[0])
+    assert not np.allclose(model.embed_bars(batch), out["mu"])
     assert bool(jnp.all(jnp.isfinite(out["pitch"])))
 
 
@@ -72,12 +75,14 @@ def test_decoder_is_causal_given_z(model, songs):
     changed["pitch"] = batch["pitch"].at[0, k].set(batch["pitch"][0, k] + 1)
     changed["velocity"] = batch["velocity"].at[0, k].set(5)
     before, after = model.decode(batch, z), model.decode(changed, z)
+    p = k - 1  # the reference layout: the position reading token k - 1 predicts token k
     for name in bar_vae.HEAD_NAMES:
-        np.testing.assert_array_equal(before[name][:, :k], after[name][:, :k], err_msg=name)
+        np.testing.assert_array_equal(before[name][:, :p], after[name][:, :p], err_msg=name)
         np.testing.assert_array_equal(before[name][1:], after[name][1:], err_msg=name)  # other bars untouched
-    # The change is visible from the next token on (and at k itself for conditioned heads).
-    assert not np.allclose(before["type"][0, k + 1], after["type"][0, k + 1])
-    assert not np.allclose(before["velocity"][0, k], after["velocity"][0, k])
+    np.testing.assert_array_equal(before["type"][0, p], after["type"][0, p])
+    # The change is visible from the next position on (and at p itself for the conditioned heads).
+    assert not np.allclose(before["type"][0, p + 1], after["type"][0, p + 1])
+    assert not np.allclose(before["velocity"][0, p], after["velocity"][0, p])
 
 
 def test_sample_depends_only_on_the_key(model, songs):

@@ -72,7 +72,13 @@ def test_sfs_presets(size: str) -> None:
     assert isinstance(examples, ExampleConfig)
     assert examples == ExampleConfig(**{k: tuple(v) if isinstance(v, list | tuple) else v
                                         for k, v in sfs_configs.EXAMPLES_BY_SIZE[size].items()})
-    assert config.train.batch_size == sfs_configs.TRAIN_BY_SIZE[size]["batch_size"]
+    # The authors' recipe by default; this project's first one (the size's batch and rate) by name.
+    assert (config.train.recipe, config.train.batch_size, config.train.learning_rate) == ("reference", 6, 1e-4)
+    assert config.train.loss_reduction == "sum_per_example" and config.train.clip_norm == 0
+    v1 = sfs_configs.get_config(f"size={size},recipe=v1,arch=v1")
+    assert v1.train.batch_size == sfs_configs.TRAIN_BY_SIZE[size]["batch_size"]
+    assert v1.train.loss_reduction == "mean_per_head" and v1.train.b2 == 0.98
+    assert tasks.model_config_from(v1) == model_config(size, "v1", compute_dtype=model.compute_dtype)
     assert config.data.num_songs == (64 if size == "tiny" else 512)
     assert sfs_configs.get_config(f"size={size}").to_dict() == config.to_dict()
 

@@ -18,8 +18,8 @@ from flax import nnx
 from data_pipeline.synthetic import generate_song
 from sfs_jax.data.examples import ExampleConfig, make_example
 from sfs_jax.data.loader import collate
+from sfs_jax.model import token_layout as layout_lib
 from sfs_jax.model.config import model_config
-from sfs_jax.model.decoder import shift_right
 from sfs_jax.model.flat import flat_config
 from sfs_jax.model.sfs import SFSModel
 from sfs_jax.music import tokenizer
@@ -96,7 +96,7 @@ def _stepwise_logits(graphdef, params, batch):
     cross_mask = None if context is None else decoder.cross_mask(batch, model.visible_slots,
                                                                  jnp.ones((batch_size, 1), bool))
     per_bar = model.global_bars(batch)
-    inputs_TxB = {name: value.T for name, value in shift_right(batch).items()}
+    inputs_TxB = {name: value.T for name, value in layout_lib.decoder_inputs(batch, decoder.layout).items()}
 
     def one_token(cache, t_and_inputs):
         t, inputs_B = t_and_inputs
@@ -107,10 +107,7 @@ def _stepwise_logits(graphdef, params, batch):
     _, h_TxBxD = jax.lax.scan(one_token, decoder.init_cache(batch_size, n_tokens),
                               (jnp.arange(n_tokens), inputs_TxB))
     h = jnp.swapaxes(h_TxBxD, 0, 1)
-    heads = decoder.heads
-    return {"type": heads.type_logits(h), "pitch": heads.pitch_logits(h),
-            "velocity": heads.velocity_logits(h, batch["target_pitch"]),
-            "duration": heads.duration_logits(h, batch["target_pitch"], batch["target_velocity"])}
+    return decoder.heads.teacher_forced(h, layout_lib.predicted_tokens(batch, decoder.layout))
 
 
 @jax.jit
@@ -118,16 +115,24 @@ def _teacher_forced_logits(graphdef, params, batch):
     return nnx.merge(graphdef, params).logits(batch)
 
 
-@pytest.mark.parametrize("variant", ["sfs", "flat", "segment_positions"])
+def _scored(batch, layout: str) -> np.ndarray:
+    """BxT: decoder positions whose predicted token is real (what the loss scores)."""
+    return np.asarray(layout_lib.predicted_tokens(batch, layout)["type"]) != int(TokenType.PAD)
+
+
+@pytest.mark.parametrize("variant", ["sfs", "flat", "segment_positions", "v1"])
 def test_forward_equivalence(model, batch, variant):
     """Decoder.step token by token gives the teacher-forced logits at every real position.
 
     Covers every frame boundary of three rows of different lengths, the contexts
     (cross-attention keys/values computed once) and G; the Flat model has neither;
-    ``segment_positions`` rotates cross-attention by frames within each segment.
+    ``segment_positions`` rotates cross-attention by frames within each segment; ``v1``
+    is this project's first design (START input, 4-class type head).
     """
     if variant == "flat":
         model = SFSModel(flat_config(model_config("tiny")), rngs=nnx.Rngs(1))
+    elif variant == "v1":
+        model = SFSModel(model_config("tiny", "v1", zero_init_paths=()), rngs=nnx.Rngs(1))
     elif variant == "segment_positions":
         model = SFSModel(live_tiny_config(cross_attention_positions="segment"), rngs=nnx.Rngs(0))
         song_mode = _teacher_forced_logits(*nnx.split(SFSModel(live_tiny_config(), rngs=nnx.Rngs(0))),
@@ -135,7 +140,7 @@ def test_forward_equivalence(model, batch, variant):
     jbatch = {k: jnp.asarray(v) for k, v in batch.items()}
     expected = _teacher_forced_logits(*nnx.split(model), jbatch)
     got = _stepwise_logits(*nnx.split(model), jbatch)
-    valid = batch["target_type"] != int(TokenType.PAD)
+    valid = _scored(batch, model.config.token_layout)
     for head in ("type", "pitch", "velocity", "duration"):
         np.testing.assert_allclose(np.asarray(got[head])[valid], np.asarray(expected[head])[valid],
                                    atol=EQUIVALENCE_ATOL, rtol=0, err_msg=head)
@@ -160,7 +165,8 @@ def test_forced_target_scores_like_teacher_forcing(model, batch, prefill, positi
     lengths = _lengths(batch)
     sampler = SegmentSampler(model, SamplingConfig())
     state = sampler.start(batch, jax.random.key(3), N_FRAMES, lengths, prefill=prefill)
-    assert int(state.step) == (lengths.min() if prefill else 0)
+    lead, layout = model.decoder.lead, model.config.token_layout
+    assert int(state.step) == (lengths.min() if prefill else lead)
     state = sampler.sample_chunk(state, N_FRAMES * 4)
     tokens, out_lengths = segment.tokens_and_lengths(state)
     np.testing.assert_array_equal(out_lengths, lengths)
@@ -170,12 +176,17 @@ def test_forced_target_scores_like_teacher_forcing(model, batch, prefill, positi
         target = _target_tokens(batch, row)
         np.testing.assert_array_equal(tokens[row, :length], target)
         assert np.all(tokens[row, length:] == 0)
-        t = np.arange(length)
-        note = target[:, TYPE] == int(TokenType.NOTE)
-        expected = log_p["type"][row, t, target[:, TYPE]] + np.where(
-            note, log_p["pitch"][row, t, np.clip(target[:, PITCH] - MIN_PITCH, 0, None)]
-            + log_p["velocity"][row, t, target[:, VEL]] + log_p["duration"][row, t, target[:, DUR]], 0.0)
-        np.testing.assert_allclose(np.asarray(state.logprob_BxT)[row, :length], expected, atol=1e-4)
+        # Token t is predicted at decoder position t - lead; the reference layout's token 0 is given.
+        t = np.arange(lead, length)
+        scored = target[lead:]
+        note = scored[:, TYPE] == int(TokenType.NOTE)
+        type_class = np.asarray(layout_lib.type_class(jnp.asarray(scored[:, TYPE]), layout))
+        expected = log_p["type"][row, t - lead, type_class] + np.where(
+            note, log_p["pitch"][row, t - lead, np.clip(scored[:, PITCH] - MIN_PITCH, 0, None)]
+            + log_p["velocity"][row, t - lead, scored[:, VEL]] + log_p["duration"][row, t - lead, scored[:, DUR]],
+            0.0)
+        np.testing.assert_allclose(np.asarray(state.logprob_BxT)[row, lead:length], expected, atol=1e-4)
+        assert np.all(np.asarray(state.logprob_BxT)[row, :lead] == 0)
 
 
 # ---------------------------------------------------------------------------
@@ -222,7 +233,7 @@ def test_per_row_frames_and_tight_budget(model, batch):
     for row in range(3):
         _assert_grammatical(tokens[row], lengths[row], n_frames[row], max_tokens)
     assert lengths[0] == max_tokens  # 120 FRAMEs + END + 7 notes: the budget binds and is used to the last token
-    assert lengths[1] > 24 and lengths[2] > 2  # short rows have room for notes (row 2: in its last frame)
+    assert lengths[1] > 24  # a short row has room for notes (that its last frame may hold notes: the mask test)
 
 
 def _state_for_masks(frames_emitted, last_pitch, n_frames, step, max_tokens) -> segment.SamplerState:
@@ -269,7 +280,7 @@ def test_same_key_same_samples_and_chunks_match(model, batch, default_samples):
         steps.append(int(chunk_state.step))
         assert new_tokens.shape[1] <= 7
         state = chunk_state
-    assert len(steps) > 2 and steps[0] == 7
+    assert len(steps) > 2 and steps[0] == model.decoder.lead + 7  # the reference layout starts after its FRAME
     np.testing.assert_array_equal(np.asarray(state.tokens_BxTx5), np.asarray(default_samples.tokens_BxTx5))
     np.testing.assert_allclose(np.asarray(state.logprob_BxT), np.asarray(default_samples.logprob_BxT))
 
@@ -294,7 +305,8 @@ def test_prefill_continues_like_stepwise_forcing(model, batch):
     stepwise = sampler.sample_chunk(sampler.start(batch, jax.random.key(8), N_FRAMES, prefix_len, prefill=False), 1000)
     np.testing.assert_array_equal(np.asarray(prefilled.tokens_BxTx5), np.asarray(stepwise.tokens_BxTx5))
     np.testing.assert_allclose(np.asarray(prefilled.logprob_BxT), np.asarray(stepwise.logprob_BxT), atol=1e-4)
-    written = int(stepwise.step)  # slots past the last step hold the prefill's padding keys/values: never read
+    # Slots past the last input hold the prefill's padding keys/values: never read. Input t - 1 is in slot t - lead.
+    written = int(stepwise.step) - model.decoder.lead
     for layer_p, layer_s in zip(prefilled.cache, stepwise.cache, strict=True):
         for name in ("k_BxHxLxK", "v_BxHxLxK"):
             np.testing.assert_allclose(np.asarray(getattr(layer_p, name))[:, :, :written],
@@ -339,9 +351,11 @@ def test_top_p_top_k_and_masks():
     logits = np.log([0.5, 0.3, 0.15, 0.05])
     free = _draws(logits, HeadSampling(top_p=1.0))
     assert np.all(free > 0) and np.allclose(free, [0.5, 0.3, 0.15, 0.05], atol=0.03)
-    nucleus = _draws(logits, HeadSampling(top_p=0.8))  # 0.5 + 0.3 reaches 0.8
+    # The reference's rule: a class stays while the mass before it is <= top_p (the crossing class stays).
+    nucleus = _draws(logits, HeadSampling(top_p=0.79))  # 0.5 + 0.3 crosses 0.79: the third class is out
     assert np.all(nucleus[2:] == 0) and np.allclose(nucleus[:2], [0.625, 0.375], atol=0.03)
     assert np.all(_draws(logits, HeadSampling(top_p=0.81))[:3] > 0)
+    assert _draws(logits, HeadSampling(top_p=0.81))[3] == 0
     assert np.all(_draws(logits, HeadSampling(top_p=1.0, top_k=2))[2:] == 0)
     assert _draws(logits, HeadSampling(top_p=0.4))[0] == 1.0  # the top class always stays
     masked = _draws(logits, HeadSampling(top_p=1.0), allowed_V=[False, True, True, False])

@@ -2,6 +2,7 @@ r"""Bar VAE training config (SFS.md section 3: 5+5 layers, latent 256, beta 0.1,
 
     python -m experiments.train --config=experiments/configs/bar_vae.py:size=small --workdir=runs/vae_small
 
+``:arch=v1`` gives this project's first VAE (mean-pooled encoder, END-terminated bars).
 Its frozen encoder's mean vectors are the bar embeddings the global view G reads;
 experiments/train.py writes them next to the VAE checkpoint for a given dataset.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import ml_collections
 
 from experiments.configs import common
+from sfs_jax.model.config import ARCHITECTURES
 
 TRAIN_BY_SIZE = {
     "paper": dict(batch_size=256, num_steps=50_000, learning_rate=3e-4, warmup_steps=1000,
@@ -23,13 +25,17 @@ TRAIN_BY_SIZE = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = common.parse_arg(arg, size="small", compute_dtype="", data="synthetic")
+    args = common.parse_arg(arg, size="small", compute_dtype="", data="synthetic", arch="reference")
     if args.size not in TRAIN_BY_SIZE:
         raise ValueError(f"size must be one of {sorted(TRAIN_BY_SIZE)}, got {args.size!r}")
+    if args.arch not in ARCHITECTURES:
+        raise ValueError(f"arch must be one of {ARCHITECTURES}, got {args.arch!r}")
     config = ml_collections.ConfigDict()
     config.task = "bar_vae"
     config.model_name = "bar_vae"
     config.model_size = args.size
+    # The VAE's architecture: the authors' (summary token, residual latent condition, no END) or v1.
+    config.model_arch = args.arch
     config.model = ml_collections.ConfigDict(dict(
         compute_dtype=args.compute_dtype or ("bfloat16" if args.size == "paper" else "float32")))
     config.vae_max_beta = 0.1

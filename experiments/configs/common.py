@@ -43,12 +43,33 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     return result
 
 
+# Training recipes: the authors' (SFS.md section 3) and this project's first one. A recipe sets the
+# optimizer, schedule and loss reduction; ``reference`` also the batch (6) and learning rate (1e-4).
+RECIPES: dict[str, dict[str, Any]] = {
+    "reference": dict(batch_size=6, learning_rate=1e-4, warmup_steps=0, schedule="exponential",
+                      decay_rate=0.999998502, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, clip_norm=0.0,
+                      loss_reduction="sum_per_example"),
+    "v1": dict(schedule="cosine", b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.0, clip_norm=1.0,
+               loss_reduction="mean_per_head"),
+}
+
+
+def recipe(name: str) -> dict[str, Any]:
+    """The ``train`` fields of a named recipe (``RECIPES``); the result records the name."""
+    if name not in RECIPES:
+        raise ValueError(f"recipe must be one of {sorted(RECIPES)}, got {name!r}")
+    return {**RECIPES[name], "recipe": name}
+
+
 def train_block(**overrides: Any) -> ml_collections.ConfigDict:
-    """Optimizer, schedule, loop and checkpoint settings shared by every training config."""
+    """Optimizer, schedule, loop and checkpoint settings shared by every training config.
+
+    The defaults are this project's v1 recipe; configs pass ``recipe(name)`` over them.
+    """
     train = ml_collections.ConfigDict(dict(
-        seed=0, batch_size=8, grad_accum_steps=1, num_steps=1000,
-        learning_rate=1e-4, warmup_steps=100, schedule="cosine", final_lr_fraction=0.05,
-        weight_decay=0.0, clip_norm=1.0,
+        seed=0, batch_size=8, grad_accum_steps=1, num_steps=1000, recipe="v1",
+        learning_rate=1e-4, warmup_steps=100, schedule="cosine", final_lr_fraction=0.05, decay_rate=1.0,
+        b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.0, clip_norm=1.0, loss_reduction="mean_per_head",
         log_every=50, eval_every=500, eval_batches=8, checkpoint_every=500, keep_checkpoints=3,
         # Wall-clock budget of the training loop (0: none): stops early with a validation and a checkpoint.
         max_train_seconds=0.0))

@@ -3,12 +3,21 @@ r"""SFS and Flat training configs.
     python -m experiments.train --config=experiments/configs/sfs.py:paper --workdir=runs/sfs_paper
     python -m experiments.train --config=experiments/configs/sfs.py:size=small --workdir=runs/sfs_small
     python -m experiments.train --config=experiments/configs/sfs.py:size=small,model=flat --workdir=...
+    python -m experiments.train --config=experiments/configs/sfs.py:size=small,arch=v1,recipe=v1 ...
     ... --config.train.num_steps=2000 --config.model.context_slots="('left','seed')"
 
-Sizes (model/config.py PRESETS): ``paper`` (512 wide, 4 encoder, 8 decoder, 3 G
-layers, VAE 5+5, latent 256; SFS.md section 3), ``small`` (a CPU run that learns
-in minutes), ``tiny`` (tests). ``model=flat`` is the paper's GPT-like Flat baseline
-(song-scope windows, composed left to right).
+Sizes (model/config.py PRESETS): ``paper`` (the authors' model: 512 wide, 4 encoder, 8
+decoder, 3 G layers, VAE 5+5, latent 256; SFS.md section 3), ``small`` (a CPU run that
+learns in minutes), ``tiny`` (tests). ``model=flat`` is the paper's GPT-like Flat
+baseline (song-scope windows, composed left to right).
+
+``arch``: ``reference`` (the authors' architecture, the default) or ``v1`` (this
+project's first design, which every result before reference parity used).
+``recipe``: ``reference`` (the authors' training: Adam(0.9, 0.999, 1e-8), lr 1e-4
+decayed by 0.999998502 per step, no warmup, no clipping, batch 6, each head's loss
+summed over an example's tokens and averaged over the batch) or ``v1`` (this
+project's: Adam(0.9, 0.98) with warmup and cosine decay, clipping at 1, per-head
+mean loss, the size's batch and learning rate).
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import ml_collections
 
 from experiments.configs import common
 from sfs_jax.data.examples import ExampleConfig
-from sfs_jax.model.config import model_config
+from sfs_jax.model.config import ARCHITECTURES, model_config
 
 TRAIN_BY_SIZE = {
     "paper": dict(batch_size=32, num_steps=100_000, learning_rate=3e-4, warmup_steps=2000,
@@ -40,18 +49,22 @@ EXAMPLES_BY_SIZE = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = common.parse_arg(arg, size="small", model="sfs", compute_dtype="", data="synthetic")
+    args = common.parse_arg(arg, size="small", model="sfs", compute_dtype="", data="synthetic",
+                            arch="reference", recipe="reference")
     if args.size not in TRAIN_BY_SIZE:
         raise ValueError(f"size must be one of {sorted(TRAIN_BY_SIZE)}, got {args.size!r}")
     if args.model not in ("sfs", "flat"):
         raise ValueError(f"model must be sfs or flat, got {args.model!r}")
+    if args.arch not in ARCHITECTURES:
+        raise ValueError(f"arch must be one of {ARCHITECTURES}, got {args.arch!r}")
     config = ml_collections.ConfigDict()
     config.task = "sfs"
     config.model_name = args.model
     config.model_size = args.size
+    config.model_arch = args.arch
     # Every ModelConfig field of the preset (sfs_jax/model/config.py), so any can be overridden
     # from the command line; the bar VAE's sizes come with the preset.
-    preset = dataclasses.asdict(model_config(args.size))
+    preset = dataclasses.asdict(model_config(args.size, args.arch))
     preset.pop("vae")
     preset.update(compute_dtype=args.compute_dtype or ("bfloat16" if args.size == "paper" else "float32"))
     config.model = ml_collections.ConfigDict(preset)
@@ -68,7 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Where the bar VAE lives (experiments/train.py trains it first when empty and G is on).
     config.vae_workdir = ""
     config.vae_fingerprint = ""  # set by experiments/train.py: ties the run to one VAE
-    config.train = common.train_block(**TRAIN_BY_SIZE[args.size])
+    config.train = common.train_block(**{**TRAIN_BY_SIZE[args.size], **common.recipe(args.recipe)})
     return config
 
 

@@ -19,7 +19,10 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx, struct
+
+from sfs_jax.model.initializers import Buffer, linear
 
 NEG_INF = -1e30
 
@@ -37,21 +40,65 @@ class FastPath:
     key_lengths_B: jax.Array
 
 
-def rotary_angles(positions_BxT: jax.Array, head_dim: int, base: float) -> tuple[jax.Array, jax.Array]:
-    """cos/sin of shape BxTx1x(K/2) for integer song positions (frames, or bars for G)."""
-    half = head_dim // 2
-    inv_freq_K2 = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-    angles = positions_BxT.astype(jnp.float32)[..., None] * inv_freq_K2
-    return jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
+@struct.dataclass
+class Rope:
+    """cos/sin of each token's rotary angles, shaped BxTx1x(R/2) for R rotated dims per head.
+
+    Computed once per stack (``Rotary.angles``) and handed to every attention in it, so
+    the angles of a position are formed once, from the stack's stored frequencies.
+    ``pairs`` is static: "adjacent" rotates dims (0,1), (2,3), ... (the reference, as
+    x-transformers does); "halves" rotates dim i with dim i + R/2 (this project's v1).
+    """
+
+    cos: jax.Array
+    sin: jax.Array
+    pairs: str = struct.field(pytree_node=False, default="adjacent")
 
 
-def apply_rope(x_BxTxHxK: jax.Array, positions_BxT: jax.Array, base: float) -> jax.Array:
-    """Rotates channel pairs (first half, second half) by position-dependent angles."""
-    cos, sin = rotary_angles(positions_BxT, x_BxTxHxK.shape[-1], base)
-    x = x_BxTxHxK.astype(jnp.float32)
-    first, second = jnp.split(x, 2, axis=-1)
-    rotated = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
-    return rotated.astype(x_BxTxHxK.dtype)
+def rotary_frequencies(rotary_dims: int, base: float) -> np.ndarray:
+    """inv_freq of ``rotary_dims`` rotated dims: base^(-2i/R), i = 0..R/2-1, in float32 as the reference stores it."""
+    return (1.0 / (base ** (np.arange(0, rotary_dims, 2, dtype=np.float32) / np.float32(rotary_dims)))
+            ).astype(np.float32)
+
+
+class Rotary(nnx.Module):
+    """The rotary frequencies of one transformer stack, kept as a ``Buffer`` (the reference's ``inv_freq``).
+
+    Why a buffer and not a formula: the reference forms each angle as float32(position)
+    times its stored float32 frequency; a port that recomputes the frequencies in
+    another precision moves logits by ~1e-6, so imported weights bring theirs.
+    """
+
+    def __init__(self, rotary_dims: int, base: float, pairs: str) -> None:
+        self.inv_freq = Buffer(jnp.asarray(rotary_frequencies(rotary_dims, base)))
+        self.pairs = pairs
+
+    def angles(self, positions_BxT: jax.Array) -> Rope:
+        """cos/sin of positions (frames, token indices or bars) times every frequency."""
+        inv_freq = self.inv_freq.value
+        angles_BxTxR2 = positions_BxT.astype(inv_freq.dtype)[..., None] * inv_freq
+        return Rope(jnp.cos(angles_BxTxR2)[:, :, None, :], jnp.sin(angles_BxTxR2)[:, :, None, :], self.pairs)
+
+
+def apply_rope(x_BxTxHxK: jax.Array, rope: Rope) -> jax.Array:
+    """Rotates the first R of the K dims of every head by the token's angles; the rest pass unrotated.
+
+    The unrotated dims (the reference keeps 32 of 64) let a query match a key's
+    absolute position code directly, at any distance.
+    """
+    n_rotated = 2 * rope.cos.shape[-1]
+    compute = jnp.promote_types(x_BxTxHxK.dtype, jnp.float32)
+    x = x_BxTxHxK.astype(compute)
+    rotated, passed = x[..., :n_rotated], x[..., n_rotated:]
+    cos, sin = rope.cos.astype(compute), rope.sin.astype(compute)
+    if rope.pairs == "adjacent":
+        pairs = rotated.reshape(*rotated.shape[:-1], n_rotated // 2, 2)
+        first, second = pairs[..., 0], pairs[..., 1]
+        out = jnp.stack([first * cos - second * sin, second * cos + first * sin], axis=-1).reshape(rotated.shape)
+    else:
+        first, second = jnp.split(rotated, 2, axis=-1)
+        out = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
+    return jnp.concatenate([out, passed], axis=-1).astype(x_BxTxHxK.dtype)
 
 
 def causal_mask(length: int) -> jax.Array:
@@ -108,11 +155,16 @@ class KVCache:
         """``attend``'s reference path on the cached keys/values; BxTxHxK, zeros where nothing is visible."""
         scale = q_BxTxHxK.shape[-1] ** -0.5
         logits_BxHxTxL = jnp.einsum("bthk,bhsk->bhts", q_BxTxHxK, self.k_BxHxLxK,
-                                    preferred_element_type=jnp.float32) * scale
+                                    preferred_element_type=_accumulation(q_BxTxHxK.dtype)) * scale
         weights_BxHxTxL = _masked_softmax(logits_BxHxTxL, mask_BxTxL)
         out_BxHxTxK = jnp.einsum("bhts,bhsk->bhtk", weights_BxHxTxL.astype(self.v_BxHxLxK.dtype), self.v_BxHxLxK,
-                                 preferred_element_type=jnp.float32)
+                                 preferred_element_type=_accumulation(q_BxTxHxK.dtype))
         return _zero_unseen(jnp.swapaxes(out_BxHxTxK, 1, 2), mask_BxTxL, q_BxTxHxK.dtype)
+
+
+def _accumulation(dtype: jnp.dtype) -> jnp.dtype:
+    """Logits and softmax run in float32 (float64 when the model does, for the tight parity check)."""
+    return jnp.promote_types(dtype, jnp.float32)
 
 
 def _masked_softmax(logits_BxHxTxS: jax.Array, mask_BxTxS: jax.Array) -> jax.Array:
@@ -128,11 +180,12 @@ def _zero_unseen(out_BxTxHxK: jax.Array, mask_BxTxS: jax.Array, dtype: jnp.dtype
 def _reference_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS) -> jax.Array:
     """Plain masked attention with fp32 logits and softmax (runs everywhere)."""
     scale = q_BxTxHxK.shape[-1] ** -0.5
+    accumulation = _accumulation(q_BxTxHxK.dtype)
     logits_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK,
-                                preferred_element_type=jnp.float32) * scale
+                                preferred_element_type=accumulation) * scale
     weights_BxHxTxS = _masked_softmax(logits_BxHxTxS, mask_BxTxS)
     return jnp.einsum("bhts,bshk->bthk", weights_BxHxTxS.astype(v_BxSxHxK.dtype), v_BxSxHxK,
-                      preferred_element_type=jnp.float32)
+                      preferred_element_type=accumulation)
 
 
 def _resolve_implementation(implementation: str, dtype: jnp.dtype, fast_path: FastPath | None) -> str:
@@ -179,25 +232,31 @@ def attend(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array, mas
 class MultiHeadAttention(nnx.Module):
     """Projections around ``attend``, split so keys/values can be computed once and cached.
 
-    Cross-attention in the sampler computes ``keys_values`` of the contexts once per
-    segment; decoder self-attention writes each new token's keys/values into a cache.
+    Width: q, k, v project ``d_model`` to ``n_heads * head_dim`` (head-major: feature
+    h * head_dim + d is dim d of head h), the output projects back; no biases (the
+    reference's x-transformers layers). Rotary angles come in as ``Rope`` (one per
+    stack). Cross-attention in the sampler computes ``keys_values`` of the contexts
+    once per segment; decoder self-attention writes each new token's keys/values into
+    a cache.
     """
 
-    def __init__(self, d_model: int, n_heads: int, *, rope_base: float, dtype: jnp.dtype,
-                 implementation: str, rngs: nnx.Rngs) -> None:
-        self.n_heads, self.head_dim = n_heads, d_model // n_heads
-        self.rope_base, self.implementation = rope_base, implementation
-        make = lambda: nnx.Linear(d_model, d_model, use_bias=False, dtype=dtype, rngs=rngs)
-        self.query, self.key, self.value, self.out = make(), make(), make(), make()
+    def __init__(self, d_model: int, n_heads: int, head_dim: int, *, dtype: jnp.dtype, implementation: str,
+                 init: str, rngs: nnx.Rngs) -> None:
+        self.n_heads, self.head_dim = n_heads, head_dim
+        self.implementation = implementation
+        inner = n_heads * head_dim
+        make = lambda d_in, d_out: linear(d_in, d_out, use_bias=False, dtype=dtype, init=init, rngs=rngs)
+        self.query, self.key, self.value = make(d_model, inner), make(d_model, inner), make(d_model, inner)
+        self.out = make(inner, d_model)
 
     def _heads(self, x_BxTxD: jax.Array) -> jax.Array:
         return x_BxTxD.reshape(*x_BxTxD.shape[:-1], self.n_heads, self.head_dim)
 
-    def queries(self, x_BxTxD: jax.Array, positions_BxT: jax.Array) -> jax.Array:
-        return apply_rope(self._heads(self.query(x_BxTxD)), positions_BxT, self.rope_base)
+    def queries(self, x_BxTxD: jax.Array, rope: Rope) -> jax.Array:
+        return apply_rope(self._heads(self.query(x_BxTxD)), rope)
 
-    def keys_values(self, x_BxSxD: jax.Array, positions_BxS: jax.Array) -> tuple[jax.Array, jax.Array]:
-        keys = apply_rope(self._heads(self.key(x_BxSxD)), positions_BxS, self.rope_base)
+    def keys_values(self, x_BxSxD: jax.Array, rope: Rope) -> tuple[jax.Array, jax.Array]:
+        keys = apply_rope(self._heads(self.key(x_BxSxD)), rope)
         return keys, self._heads(self.value(x_BxSxD))
 
     def attend_to(self, q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array,
@@ -212,9 +271,3 @@ class MultiHeadAttention(nnx.Module):
 
     def _project(self, out_BxTxHxK: jax.Array) -> jax.Array:
         return self.out(out_BxTxHxK.reshape(*out_BxTxHxK.shape[:2], -1))
-
-    def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, context_BxSxD: jax.Array,
-                 context_positions_BxS: jax.Array, mask_BxTxS: jax.Array,
-                 fast_path: FastPath | None = None) -> jax.Array:
-        keys, values = self.keys_values(context_BxSxD, context_positions_BxS)
-        return self.attend_to(self.queries(x_BxTxD, positions_BxT), keys, values, mask_BxTxS, fast_path)

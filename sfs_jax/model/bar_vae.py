@@ -25,6 +25,7 @@ layer, together with the cyclic KL schedule of ``cyclic_beta`` (Fu et al. 2019, 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable, Mapping
 
@@ -34,28 +35,36 @@ import numpy as np
 from flax import nnx
 
 from sfs_jax.model import layers
+from sfs_jax.model import token_layout as layout_lib
 from sfs_jax.model.attention import FastPath, causal_mask, padding_mask
-from sfs_jax.model.config import BarVAEConfig
+from sfs_jax.model.config import BarVAEConfig, ModelConfig
 from sfs_jax.model.decoder import Heads
-from sfs_jax.model.embeddings import START_TYPE, TokenEmbedding
+from sfs_jax.model.embeddings import START_TYPE, BeatCode, TokenEmbedding
+from sfs_jax.model.initializers import embed, linear, normal_param
 from sfs_jax.music import notes as notes_lib
-from sfs_jax.music.tokenizer import NUM_DURATIONS, TOKEN_FIELDS, TokenType
+from sfs_jax.music.tokenizer import TOKEN_FIELDS, TokenType
 
 HEAD_NAMES = ("type", "pitch", "velocity", "duration")
-_PAD, _NOTE = int(TokenType.PAD), int(TokenType.NOTE)
+_PAD, _NOTE, _END = int(TokenType.PAD), int(TokenType.NOTE), int(TokenType.END)
 
 Tokens = Mapping[str, jax.Array]
 
 
 def shift_right_bar(tokens: Tokens) -> dict[str, jax.Array]:
-    """Decoder inputs: every field moved one step right, START (type START_TYPE, frame 0) in front.
+    """v1 decoder inputs: every field moved one step right, START (type START_TYPE, frame 0) in front.
 
-    Input token i is bar token i-1 at its own frame, like ``decoder.shift_right`` for
-    targets, so the rotary position of input i never reveals where token i falls.
+    Input token i is bar token i-1 at its own frame, like ``token_layout.shift_right``
+    for targets, so the rotary position of input i never reveals where token i falls.
     """
     start = {"type": START_TYPE}
     return {name: jnp.pad(tokens[name][:, :-1], ((0, 0), (1, 0)), constant_values=start.get(name, 0))
             for name in TOKEN_FIELDS}
+
+
+def without_end(tokens: Tokens) -> dict[str, jax.Array]:
+    """The reference's bar form: frame tokens and notes, no END (its row becomes PAD)."""
+    is_end = tokens["type"] == _END
+    return {name: jnp.where(is_end, 0, tokens[name]) for name in TOKEN_FIELDS}
 
 
 def reparameterize(mu_BxL: jax.Array, logvar_BxL: jax.Array, key: jax.Array) -> jax.Array:
@@ -67,80 +76,127 @@ def reparameterize(mu_BxL: jax.Array, logvar_BxL: jax.Array, key: jax.Array) -> 
 class BarVAE(nnx.Module):
     """Bidirectional encoder to (mu, log-variance); causal decoder conditioned on z; ``Heads``.
 
-    ``rope_base`` and ``attention_implementation`` default to the SFS model's values
-    (``ModelConfig``), which the bar-level config does not repeat.
+    Widths come from ``config`` (``ModelConfig.vae``), the block style, token layout and
+    head width from the SFS model's ``model`` config (default: the reference's).
+
+    Reference form (``token_layout="reference"``, ``../shared/reference/README.md`` 5.8):
+    a bar is its FRAME tokens and notes, then END in training (the authors' VAE
+    trains on END-terminated bars and embeds bars without END for G). The encoder adds
+    only the beat one-hot code, appends a learned summary token after the padded end
+    (index T, so its rotary position is the padded length: bars are always padded to
+    ``max_bar_tokens`` here, which makes a bar's latent independent of its batch) and
+    reads mu and log-variance from it. The decoder adds the beat code, conditions every
+    sublayer on z through a residual MLP, rotates by token index, and predicts token
+    i + 1 from token i (END, a FRAME-class prediction, included).
+    v1: the encoder mean-pools its outputs; the decoder has a START input and z enters
+    through one linear layer.
     """
 
-    def __init__(self, config: BarVAEConfig, *, compute_dtype: str = "float32", rope_base: float = 10_000.0,
-                 attention_implementation: str = "auto", rngs: nnx.Rngs) -> None:
-        if config.d_model % config.n_heads:
-            raise ValueError(f"d_model {config.d_model} is not divisible by n_heads {config.n_heads}")
+    def __init__(self, config: BarVAEConfig, *, model: ModelConfig | None = None, rngs: nnx.Rngs) -> None:
+        model = ModelConfig(vae=config) if model is None else dataclasses.replace(model, vae=config)
         if config.max_bar_tokens < notes_lib.FRAMES_PER_BAR + 1:
             raise ValueError(f"max_bar_tokens {config.max_bar_tokens} cannot hold an empty bar "
                              f"({notes_lib.FRAMES_PER_BAR} FRAME tokens + END)")
-        dtype = jnp.dtype(compute_dtype)
-        d_model = config.d_model
+        style, decoder_style = layers.vae_block_style(model), layers.vae_block_style(model, decoder=True)
+        d_model, d_decoder, init = config.d_model, config.decoder_width, model.init
         self.config = config
-        make_block = lambda: layers.Block(d_model, config.n_heads, config.d_ff, cross_attention=False,
-                                          rope_base=rope_base, dtype=dtype,
-                                          implementation=attention_implementation, rngs=rngs)
+        self.layout = model.token_layout
+        make_block = lambda: layers.Block(d_model, style, cross_attention=False, rngs=rngs)
+        make_decoder_block = lambda: layers.Block(d_decoder, decoder_style, cross_attention=False, rngs=rngs)
+        token_embedding = lambda d: TokenEmbedding(d, token_layout=self.layout, init=init, rngs=rngs)
+        reference = self.layout == "reference"
         # Encoder: q(z | bar).
-        self.encoder_embed = TokenEmbedding(d_model, rngs=rngs)
-        self.encoder_frame = nnx.Embed(notes_lib.FRAMES_PER_BAR, d_model, rngs=rngs)
+        self.encoder_embed = token_embedding(d_model)
+        if reference:
+            self.encoder_code = BeatCode(d_model)
+            self.summary = normal_param((d_model,), init=init, rngs=rngs)
+        else:
+            self.encoder_frame = embed(notes_lib.FRAMES_PER_BAR, d_model, init=init, rngs=rngs)
+        self.encoder_rotary = style.rotary()
         self.encoder_blocks = layers.stack(config.n_encoder_layers, make_block)
-        self.encoder_norm = layers.layer_norm(d_model, rngs)
-        self.to_mu = nnx.Linear(d_model, config.latent_dim, rngs=rngs)
-        self.to_logvar = nnx.Linear(d_model, config.latent_dim, rngs=rngs)
+        self.encoder_norm = layers.layer_norm(d_model, style, rngs)
+        self.to_mu = linear(d_model, config.latent_dim, init=init, rngs=rngs)
+        self.to_logvar = linear(d_model, config.latent_dim, init=init, rngs=rngs)
         # Decoder: p(bar | z), autoregressive over the same tokens.
-        self.decoder_embed = TokenEmbedding(d_model, rngs=rngs)
-        self.decoder_frame = nnx.Embed(notes_lib.FRAMES_PER_BAR, d_model, rngs=rngs)
-        self.latent_condition = nnx.Linear(config.latent_dim, d_model, rngs=rngs)
-        self.decoder_blocks = layers.stack(config.n_decoder_layers, make_block)
-        self.decoder_norm = layers.layer_norm(d_model, rngs)
-        self.heads = Heads(d_model, rngs=rngs)
+        self.decoder_embed = token_embedding(d_decoder)
+        if reference:
+            self.decoder_code = BeatCode(d_decoder)
+            self.latent_condition = layers.ResidualMLP(config.latent_dim, d_decoder, style=decoder_style, rngs=rngs)
+        else:
+            self.decoder_frame = embed(notes_lib.FRAMES_PER_BAR, d_decoder, init=init, rngs=rngs)
+            self.latent_condition = linear(config.latent_dim, d_decoder, init=init, rngs=rngs)
+        self.decoder_rotary = decoder_style.rotary()
+        self.decoder_blocks = layers.stack(config.n_decoder_layers, make_decoder_block)
+        self.decoder_norm = layers.layer_norm(d_decoder, decoder_style, rngs)
+        self.heads = Heads(d_decoder, decoder_style, token_layout=self.layout, hidden_dim=model.head_hidden_dim,
+                           rngs=rngs)
 
-    @staticmethod
-    def _embed(token_embed: TokenEmbedding, frame_embed: nnx.Embed, tokens: Tokens) -> jax.Array:
-        """Token embedding plus a learned vector per frame in the bar (END's frame 32 uses row 31)."""
+    def _embed(self, part: str, tokens: Tokens) -> jax.Array:
+        """Token embedding plus the frame-in-bar code (v1: a learned vector; END's frame 32 uses row 31)."""
+        content = getattr(self, f"{part}_embed")(tokens["type"], tokens["pitch"], tokens["velocity"],
+                                                 tokens["duration"])
+        if self.layout == "reference":
+            return content + getattr(self, f"{part}_code")(tokens["frame"])
         frame_BxT = jnp.clip(tokens["frame"], 0, notes_lib.FRAMES_PER_BAR - 1)
-        return (token_embed(tokens["type"], tokens["pitch"], tokens["velocity"], tokens["duration"])
-                + frame_embed(frame_BxT))
+        return content + getattr(self, f"{part}_frame")(frame_BxT)
+
+    def inference_form(self, tokens: Tokens) -> Tokens:
+        """The bar tokens the frozen encoder embeds for G: the reference drops END (it trains with it), v1 keeps it."""
+        return without_end(tokens) if self.layout == "reference" else tokens
 
     def encode(self, tokens: Tokens) -> tuple[jax.Array, jax.Array]:
-        """(mu_BxL, logvar_BxL) of q(z | bar): bidirectional layers, mean over the real tokens."""
+        """(mu_BxL, logvar_BxL) of q(z | bar)."""
+        return self.encode_features(tokens)[1:]
+
+    def encode_features(self, tokens: Tokens) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(pooled_BxD, mu_BxL, logvar_BxL): the encoder's summary of the bar and the posterior."""
         valid_BxT = tokens["type"] != _PAD
-        lengths_B = jnp.sum(valid_BxT, axis=1)
-        fast = FastPath(is_causal=False, query_lengths_B=lengths_B, key_lengths_B=lengths_B)
-        x_BxTxD = self._embed(self.encoder_embed, self.encoder_frame, tokens)
+        x_BxTxD = self._embed("encoder", tokens)
+        batch_size, n_tokens = valid_BxT.shape
+        if self.layout == "reference":
+            summary = jnp.broadcast_to(self.summary.value.astype(x_BxTxD.dtype), (batch_size, 1, x_BxTxD.shape[-1]))
+            x_BxTxD = jnp.concatenate([x_BxTxD, summary], axis=1)
+            valid_BxT = jnp.concatenate([valid_BxT, jnp.ones((batch_size, 1), bool)], axis=1)
+            positions_BxT = jnp.broadcast_to(jnp.arange(n_tokens + 1), valid_BxT.shape)
+            fast = None
+        else:
+            positions_BxT = tokens["frame"]
+            lengths_B = jnp.sum(valid_BxT, axis=1)
+            fast = FastPath(is_causal=False, query_lengths_B=lengths_B, key_lengths_B=lengths_B)
         mask_BxTxT = padding_mask(valid_BxT, valid_BxT)
+        rope = self.encoder_rotary.angles(positions_BxT)
         for block in self.encoder_blocks:
-            x_BxTxD = block(x_BxTxD, tokens["frame"], mask_BxTxT, fast_path=fast)
+            x_BxTxD = block(x_BxTxD, rope, mask_BxTxT, fast_path=fast)
         h_BxTxD = self.encoder_norm(x_BxTxD)
-        weight_BxTx1 = valid_BxT[..., None].astype(jnp.float32)
-        pooled_BxD = jnp.sum(h_BxTxD * weight_BxTx1, axis=1) / jnp.maximum(jnp.sum(weight_BxTx1, axis=1), 1.0)
-        return self.to_mu(pooled_BxD), self.to_logvar(pooled_BxD)
+        if self.layout == "reference":
+            pooled_BxD = h_BxTxD[:, -1]
+        else:
+            weight_BxTx1 = valid_BxT[..., None].astype(h_BxTxD.dtype)
+            pooled_BxD = jnp.sum(h_BxTxD * weight_BxTx1, axis=1) / jnp.maximum(jnp.sum(weight_BxTx1, axis=1), 1.0)
+        return pooled_BxD, self.to_mu(pooled_BxD), self.to_logvar(pooled_BxD)
 
     def decode(self, tokens: Tokens, z_BxL: jax.Array) -> dict[str, jax.Array]:
-        """Teacher-forced logits of the four heads for every bar token, given the latent z.
+        """Teacher-forced logits of the four heads at every decoder position, given the latent z.
 
         Velocity is conditioned on the true pitch and duration on the true pitch and
-        velocity of the same token, as in the SFS decoder (SFS.md section 3).
+        velocity of the predicted token, as in the SFS decoder (SFS.md section 3).
         """
-        inputs = shift_right_bar(tokens)
-        valid_BxT = tokens["type"] != _PAD
+        inputs = tokens if self.layout == "reference" else shift_right_bar(tokens)
+        valid_BxT = inputs["type"] != _PAD if self.layout == "reference" else tokens["type"] != _PAD
         lengths_B = jnp.sum(valid_BxT, axis=1)
         fast = FastPath(is_causal=True, query_lengths_B=lengths_B, key_lengths_B=lengths_B)
-        x_BxTxD = self._embed(self.decoder_embed, self.decoder_frame, inputs)
+        x_BxTxD = self._embed("decoder", inputs)
         condition_BxTxD = jnp.broadcast_to(self.latent_condition(z_BxL)[:, None, :], x_BxTxD.shape)
         n_tokens = x_BxTxD.shape[1]
         mask_BxTxT = causal_mask(n_tokens)[None] & padding_mask(valid_BxT, valid_BxT)
+        # Rotary positions: token index (the reference's TokenGenerator) or frame (v1).
+        positions_BxT = (jnp.broadcast_to(jnp.arange(n_tokens), valid_BxT.shape) if self.layout == "reference"
+                         else inputs["frame"])
+        rope = self.decoder_rotary.angles(positions_BxT)
         for block in self.decoder_blocks:
-            x_BxTxD = block(x_BxTxD, inputs["frame"], mask_BxTxT, condition_BxTxD=condition_BxTxD,
-                            fast_path=fast)
+            x_BxTxD = block(x_BxTxD, rope, mask_BxTxT, condition_BxTxD=condition_BxTxD, fast_path=fast)
         h_BxTxD = self.decoder_norm(x_BxTxD)
-        return {"type": self.heads.type_logits(h_BxTxD), "pitch": self.heads.pitch_logits(h_BxTxD),
-                "velocity": self.heads.velocity_logits(h_BxTxD, tokens["pitch"]),
-                "duration": self.heads.duration_logits(h_BxTxD, tokens["pitch"], tokens["velocity"])}
+        return self.heads.teacher_forced(h_BxTxD, predicted_bar_tokens(tokens, self.layout))
 
     def __call__(self, tokens: Tokens, key: jax.Array) -> dict[str, jax.Array]:
         """Logits of the four heads (decoded from a sample z drawn with ``key``), plus mu and logvar."""
@@ -149,9 +205,20 @@ class BarVAE(nnx.Module):
         return {**logits, "mu": mu_BxL, "logvar": logvar_BxL}
 
     def embed_bars(self, tokens: Tokens) -> jax.Array:
-        """The frozen bar embedding that G reads: the posterior mean mu_BxL (deterministic)."""
-        mu_BxL, _ = self.encode(tokens)
+        """The frozen bar embedding that G reads: the posterior mean mu_BxL of the inference form (deterministic)."""
+        mu_BxL, _ = self.encode(self.inference_form(tokens))
         return mu_BxL
+
+
+def make_bar_vae(model: ModelConfig, rngs: nnx.Rngs) -> BarVAE:
+    """The bar VAE of an SFS model config (``model.vae`` widths, the model's style)."""
+    return BarVAE(model.vae, model=model, rngs=rngs)
+
+
+def predicted_bar_tokens(tokens: Tokens, layout: str) -> dict[str, jax.Array]:
+    """type, pitch, velocity, duration of the token each VAE decoder position predicts."""
+    fields = {name: tokens[name] for name in ("type", "pitch", "velocity", "duration")}
+    return fields if layout == "v1" else {name: layout_lib.shift_left(x) for name, x in fields.items()}
 
 
 def _cross_entropy(logits_BxTxC: jax.Array, labels_BxT: jax.Array, weight_BxT: jax.Array) -> jax.Array:
@@ -163,21 +230,16 @@ def _cross_entropy(logits_BxTxC: jax.Array, labels_BxT: jax.Array, weight_BxT: j
     return jnp.where(weight_BxT, nll_BxT, 0.0)
 
 
-def vae_normalizers(batch: Tokens) -> dict[str, jax.Array]:
+def vae_normalizers(batch: Tokens, layout: str = "reference") -> dict[str, jax.Array]:
     """Real bars and scored tokens per head over the whole batch: the denominators of ``vae_loss``."""
-    labels = _head_labels(batch)
+    labels = _head_labels(batch, layout)
     return {"n_bars": jnp.sum(jnp.any(batch["type"] != _PAD, axis=1)),
             **{f"{name}_count": jnp.sum(weight_BxT) for name, (_, weight_BxT) in labels.items()}}
 
 
-def _head_labels(batch: Tokens) -> dict[str, tuple[jax.Array, jax.Array]]:
-    """(labels, weights) per head: type over real tokens; pitch, velocity, duration over NOTE tokens."""
-    type_BxT = batch["type"]
-    is_note_BxT = type_BxT == _NOTE
-    return {"type": (type_BxT, type_BxT != _PAD),
-            "pitch": (batch["pitch"] - notes_lib.MIN_PITCH, is_note_BxT),
-            "velocity": (batch["velocity"], is_note_BxT),
-            "duration": (jnp.minimum(batch["duration"], NUM_DURATIONS - 1), is_note_BxT)}
+def _head_labels(batch: Tokens, layout: str) -> dict[str, tuple[jax.Array, jax.Array]]:
+    """(labels, weights) per head of the tokens the decoder predicts (``token_layout.head_labels``)."""
+    return layout_lib.head_labels(predicted_bar_tokens(batch, layout), layout)
 
 
 def vae_loss(model: BarVAE, batch: Tokens, key: jax.Array, beta: float | jax.Array,
@@ -194,9 +256,9 @@ def vae_loss(model: BarVAE, batch: Tokens, key: jax.Array, beta: float | jax.Arr
     as this batch's share of bars, so every value adds up over micro-batches.
     """
     out = model(batch, key)
-    labels = _head_labels(batch)
+    labels = _head_labels(batch, model.layout)
     bar_valid_B = jnp.any(batch["type"] != _PAD, axis=1)
-    totals = vae_normalizers(batch) if normalizers is None else normalizers
+    totals = vae_normalizers(batch, model.layout) if normalizers is None else normalizers
     n_bars = jnp.maximum(totals["n_bars"], 1)
     per_bar_mean = lambda x_B: jnp.sum(jnp.where(bar_valid_B, x_B, 0.0)) / n_bars
     metrics: dict[str, jax.Array] = {}

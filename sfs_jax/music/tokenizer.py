@@ -89,31 +89,35 @@ def _bar_end_frames(onset_N: np.ndarray) -> np.ndarray:
     return (onset_N // FRAMES_PER_BAR + 1) * FRAMES_PER_BAR
 
 
-def _contains(sorted_keys_K: np.ndarray, query_Q: np.ndarray) -> np.ndarray:
-    """Membership of each query in an ascending int64 key array (vectorized binary search)."""
-    padded = np.append(sorted_keys_K, _KEY_SENTINEL)
-    return padded[np.searchsorted(padded, query_Q)] == query_Q
-
-
 def encode_durations(notes_Nx4: np.ndarray) -> tuple[np.ndarray, int]:
     """Duration codes 0..64 of notes sorted by (onset, pitch), and how many were clipped.
 
-    Code 0 exactly when SFS.md section 2 says so: a same-pitch onset lies exactly at the
-    offset and the offset is inside the onset's bar, or the offset is the line closing
-    the onset's bar (which implies a length of at most one bar, 32 frames). Both cases
-    are the ones ``decode_durations`` reconstructs exactly.
+    Code 0 exactly when SFS.md section 2 says so, as the reference tokenizer decides it:
+    the next onset of the same pitch (the first one after this onset) lies exactly at
+    the offset and the offset is inside the onset's bar, or the offset is the line
+    closing the onset's bar (which implies a length of at most one bar, 32 frames).
+    Both cases are the ones ``decode_durations`` reconstructs exactly. (Only the next
+    same-pitch onset counts: with overlapping same-pitch notes, a later onset at the
+    offset would decode to the wrong length.)
     """
     onset = notes_Nx4[:, notes_lib.ONSET].astype(np.int64)
     pitch = notes_Nx4[:, notes_lib.PITCH].astype(np.int64)
     length = notes_Nx4[:, notes_lib.DURATION].astype(np.int64)
     offset = onset + length
     bar_end = _bar_end_frames(onset)
-    # (onset, pitch) keys ascend because the notes are sorted by (onset, pitch).
-    same_pitch_at_offset = _contains((onset << _KEY_SHIFT) | pitch, (offset << _KEY_SHIFT) | pitch)
-    zero = ((offset < bar_end) & same_pitch_at_offset) | (offset == bar_end)
+    has_next, next_onset = _next_same_pitch_onset(onset, pitch)
+    zero = ((offset < bar_end) & has_next & (next_onset == offset)) | (offset == bar_end)
     code = np.where(zero, 0, np.minimum(length, MAX_DURATION_FRAMES))
     n_clipped = int(np.sum(~zero & (length > MAX_DURATION_FRAMES)))
     return code, n_clipped
+
+
+def _next_same_pitch_onset(onset_N: np.ndarray, pitch_N: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(whether one exists, its onset): the first onset of the same pitch strictly after each onset."""
+    by_pitch = np.sort((pitch_N << _KEY_SHIFT) | onset_N)
+    padded = np.append(by_pitch, _KEY_SENTINEL)
+    following = padded[np.searchsorted(padded, (pitch_N << _KEY_SHIFT) | onset_N, side="right")]
+    return (following >> _KEY_SHIFT) == pitch_N, following & ((1 << _KEY_SHIFT) - 1)
 
 
 def decode_durations(onset_N: np.ndarray, pitch_N: np.ndarray, code_N: np.ndarray) -> np.ndarray:
@@ -125,11 +129,7 @@ def decode_durations(onset_N: np.ndarray, pitch_N: np.ndarray, code_N: np.ndarra
     onset = onset_N.astype(np.int64)
     pitch = pitch_N.astype(np.int64)
     bar_end = _bar_end_frames(onset)
-    by_pitch = np.sort((pitch << _KEY_SHIFT) | onset)
-    padded = np.append(by_pitch, _KEY_SENTINEL)
-    following = padded[np.searchsorted(padded, (pitch << _KEY_SHIFT) | onset, side="right")]
-    same_pitch = (following >> _KEY_SHIFT) == pitch  # the sentinel never matches a pitch
-    next_onset = following & ((1 << _KEY_SHIFT) - 1)
+    same_pitch, next_onset = _next_same_pitch_onset(onset, pitch)  # the sentinel never matches a pitch
     until = np.where(same_pitch & (next_onset < bar_end), next_onset, bar_end)
     return np.where(code_N == 0, until - onset, code_N).astype(np.int64)
 

@@ -38,8 +38,9 @@ import numpy as np
 from flax import nnx, struct
 
 from sfs_jax.data import examples as examples_lib
+from sfs_jax.model import token_layout as layout_lib
 from sfs_jax.model.attention import KVCache
-from sfs_jax.model.decoder import TARGET_FIELDS, start_inputs
+from sfs_jax.model.token_layout import TARGET_FIELDS, start_inputs
 from sfs_jax.music import tokenizer
 from sfs_jax.music.notes import FRAMES_PER_BAR, FRAMES_PER_BEAT, MAX_PITCH, MIN_PITCH, NUM_PITCHES, ONSET
 from sfs_jax.music.tokenizer import DUR, FRAME, PITCH, TYPE, VEL, TokenType
@@ -174,11 +175,15 @@ def _keep_top_k(logits_BxV: jax.Array, k: int) -> jax.Array:
 
 
 def _keep_top_p(logits_BxV: jax.Array, top_p: float) -> jax.Array:
-    """The smallest set of most likely classes whose mass reaches top_p (the top one always stays)."""
+    """Nucleus: the most likely classes, each kept while the mass of the classes before it is <= top_p.
+
+    The reference's rule (a class whose preceding mass equals p exactly stays); the top
+    class always stays.
+    """
     sorted_BxV = jnp.flip(jnp.sort(logits_BxV, axis=-1), axis=-1)
     probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
     mass_before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
-    threshold_Bx1 = jnp.min(jnp.where(mass_before_BxV < top_p, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
+    threshold_Bx1 = jnp.min(jnp.where(mass_before_BxV <= top_p, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
     return jnp.where(logits_BxV >= threshold_Bx1, logits_BxV, -jnp.inf)
 
 
@@ -262,7 +267,7 @@ def _target_fields(tokens_BxTx5: jax.Array, window: Window) -> dict[str, jax.Arr
 
 
 def step_inputs(state: SamplerState) -> dict[str, jax.Array]:
-    """Decoder input of token t (Bx1): token t-1, or START at t = 0, exactly as ``shift_right``."""
+    """Decoder input that predicts token t (Bx1): token t-1, or v1's START at t = 0 (``token_layout``)."""
     t = state.step
     previous_Bx1x5 = jax.lax.dynamic_slice_in_dim(state.tokens_BxTx5, jnp.maximum(t - 1, 0), 1, axis=1)
     previous = _target_fields(previous_Bx1x5, state.window)
@@ -287,11 +292,17 @@ def choose_token(heads: nnx.Module, h_BxD: jax.Array, state: SamplerState,
     them, so a forced token costs the same and scores like teacher forcing.
     """
     t = state.step
+    layout = heads.token_layout
     keys = jax.random.split(jax.random.fold_in(state.key, t), len(HEADS))
     forced_B = (t < state.window.prefix_len_B) & ~state.done_B
     given_Bx5 = jax.lax.dynamic_index_in_dim(state.tokens_BxTx5, t, axis=1, keepdims=False)
-    token_type, type_lp = _choose(keys[0], heads.type_logits(h_BxD), type_mask(state), config.head("type"),
-                                  forced_B, given_Bx5[:, TYPE])
+    # The type head draws a class of its layout (the reference's FRAME class is END after the last frame).
+    type_logits = heads.type_logits(h_BxD)
+    drawn_class = sample_logits(keys[0], type_logits, layout_lib.class_allowed(type_mask(state), layout),
+                                config.head("type"))
+    frames_left_B = state.window.n_frames_B - state.frames_emitted_B
+    token_type = jnp.where(forced_B, given_Bx5[:, TYPE], layout_lib.class_to_type(drawn_class, frames_left_B, layout))
+    type_lp = _log_prob(type_logits, layout_lib.type_class(token_type, layout))
     pitch, pitch_lp = _choose(keys[1], heads.pitch_logits(h_BxD), pitch_mask(state.last_pitch_B),
                               config.head("pitch"), forced_B, given_Bx5[:, PITCH], offset=MIN_PITCH)
     velocity, velocity_lp = _choose(keys[2], heads.velocity_logits(h_BxD, pitch), None,
@@ -327,9 +338,10 @@ def advance(state: SamplerState, token_Bx5: jax.Array, logprob_B: jax.Array,
 
 
 def _cached_token(model: nnx.Module, config: SamplingConfig, state: SamplerState) -> SamplerState:
-    """Token t through ``Decoder.step`` on the cache."""
+    """Token t through ``Decoder.step`` on the cache (input t-1 goes into slot t - lead)."""
     window = state.window
-    h_Bx1xD, cache = model.decoder.step(step_inputs(state), window.batch, state.cache, state.step,
+    slot = state.step - model.decoder.lead
+    h_Bx1xD, cache = model.decoder.step(step_inputs(state), window.batch, state.cache, slot,
                                         window.context_kv, window.cross_mask_Bx1xS, window.per_bar_BxGxD)
     token_Bx5, logprob_B = choose_token(model.decoder.heads, h_Bx1xD[:, 0], state, config)
     return advance(state, token_Bx5, logprob_B, cache)
@@ -371,9 +383,10 @@ def _prefill(model: nnx.Module, state: SamplerState) -> SamplerState:
     batch = {**window.batch, **{f"target_{name}": value for name, value in fields.items()}}
     h_BxTxD, cache = model.decoder.prefill(batch, window.context_BxSxD, window.per_bar_BxGxD, model.visible_slots)
     n_forced = jnp.min(window.prefix_len_B)
+    lead = model.decoder.lead
 
     def forced_token(s: SamplerState) -> SamplerState:
-        h_BxD = jax.lax.dynamic_index_in_dim(h_BxTxD, s.step, axis=1, keepdims=False)
+        h_BxD = jax.lax.dynamic_index_in_dim(h_BxTxD, s.step - lead, axis=1, keepdims=False)
         return advance(s, *choose_token(model.decoder.heads, h_BxD, s, _REPLAY_CONFIG), s.cache)
 
     return jax.lax.while_loop(lambda s: s.step < n_forced, forced_token, state.replace(cache=cache))
@@ -391,15 +404,20 @@ def _start(graphdef: nnx.GraphDef, params: nnx.State, batch: dict[str, jax.Array
     cross_mask = (None if context_BxSxD is None
                   else decoder.cross_mask(batch, model.visible_slots, jnp.ones((batch_size, 1), bool)))
     use_kv = use_cache and context_BxSxD is not None
+    # The reference layout is given the window's first FRAME (token 0) and starts predicting token 1.
+    lead = decoder.lead
     window = Window(
         batch={k: batch[k] for k in _WINDOW_KEYS}, context_BxSxD=context_BxSxD,
         context_kv=decoder.context_caches(context_BxSxD if use_kv else None, batch),
         cross_mask_Bx1xS=cross_mask, per_bar_BxGxD=model.global_bars(batch),
-        n_frames_B=n_frames_B.astype(jnp.int32), prefix_len_B=prefix_len_B.astype(jnp.int32))
+        n_frames_B=n_frames_B.astype(jnp.int32), prefix_len_B=jnp.maximum(prefix_len_B, lead).astype(jnp.int32))
+    tokens_BxTx5 = _prefix_buffer(batch, window.prefix_len_B, max_tokens)
+    if lead:
+        tokens_BxTx5 = tokens_BxTx5.at[:, 0].set(jnp.asarray([_FRAME, 0, 0, 0, 0], jnp.int32))
     state = SamplerState(
-        step=jnp.zeros((), jnp.int32), tokens_BxTx5=_prefix_buffer(batch, window.prefix_len_B, max_tokens),
+        step=jnp.asarray(lead, jnp.int32), tokens_BxTx5=tokens_BxTx5,
         logprob_BxT=jnp.zeros((batch_size, max_tokens), jnp.float32),
-        frames_emitted_B=jnp.zeros(batch_size, jnp.int32), last_pitch_B=jnp.full(batch_size, _NO_PITCH, jnp.int32),
+        frames_emitted_B=jnp.full(batch_size, lead, jnp.int32), last_pitch_B=jnp.full(batch_size, _NO_PITCH, jnp.int32),
         done_B=jnp.zeros(batch_size, bool), key=key,
         cache=decoder.init_cache(batch_size, max_tokens) if use_cache else (), window=window)
     return _prefill(model, state) if prefill and use_cache else state
@@ -432,7 +450,7 @@ def _no_cache_token(graphdef: nnx.GraphDef, params: nnx.State, state: SamplerSta
     fields["type"] = type_BxT.at[:, t].set(jnp.where(type_BxT[:, t] == _PAD, _FRAME, type_BxT[:, t]))
     batch = {**window.batch, **{f"target_{name}": value for name, value in fields.items()}}
     h_BxTxD = model.decoder(batch, window.context_BxSxD, window.per_bar_BxGxD, model.visible_slots)
-    h_BxD = jax.lax.dynamic_index_in_dim(h_BxTxD, t, axis=1, keepdims=False)
+    h_BxD = jax.lax.dynamic_index_in_dim(h_BxTxD, t - model.decoder.lead, axis=1, keepdims=False)
     token_Bx5, logprob_B = choose_token(model.decoder.heads, h_BxD, state, config)
     return advance(state, token_Bx5, logprob_B, state.cache)
 
@@ -486,7 +504,8 @@ class SegmentSampler:
                              f"or max_tokens {max_tokens}")
         in_prefix_BxT = np.arange(target_len)[None, :] < prefix_len[:, None]
         prefix_frames = np.sum(in_prefix_BxT & (np.asarray(batch["target_type"]) == _FRAME), axis=1)
-        needed = prefix_len + np.maximum(n_frames - prefix_frames, 0) + 1
+        prefix_ended = np.any(in_prefix_BxT & (np.asarray(batch["target_type"]) == _END), axis=1)
+        needed = prefix_len + np.maximum(n_frames - prefix_frames, 0) + ~prefix_ended
         if np.any(needed > max_tokens):
             raise ValueError(f"after the prefixes, the remaining FRAMEs and END need {needed.tolist()} tokens, "
                              f"more than max_tokens={max_tokens}")

@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 
@@ -26,8 +27,7 @@ def make_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
     """The model a training config describes (SFS/Flat or the bar VAE)."""
     model_cfg = model_config_from(config)
     if config.task == "bar_vae":
-        return bar_vae.BarVAE(model_cfg.vae, compute_dtype=config.model.get("compute_dtype", "float32"),
-                              rngs=rngs)
+        return bar_vae.make_bar_vae(model_cfg, rngs)
     return SFSModel(model_cfg, rngs=rngs)
 
 
@@ -38,7 +38,12 @@ def saved_config(workdir: str | Path, best: bool = True) -> ml_collections.Confi
     through here, so an upgrade of old configs applies to all of them.
     """
     workdir = Path(workdir)
-    return upgrade_saved_config(ml_collections.ConfigDict(read_meta(workdir, best=best)["config"]), workdir)
+    config = upgrade_saved_config(ml_collections.ConfigDict(read_meta(workdir, best=best)["config"]), workdir)
+    vae_dir = config.get("vae_workdir", "")
+    if vae_dir and not Path(vae_dir).is_absolute() and (workdir / vae_dir).is_dir():
+        # A VAE kept inside the run (an imported checkpoint's bar_vae/) travels with it.
+        config.vae_workdir = str(workdir / vae_dir)
+    return config
 
 
 def load_trained(workdir: str | Path, best: bool = True, compute_dtype: str | None = None
@@ -64,3 +69,22 @@ def load_trained(workdir: str | Path, best: bool = True, compute_dtype: str | No
         checkpoints.close()
     model, _ = nnx.merge(graphdef, state)
     return model, config, meta
+
+
+def write_run(workdir: str | Path, model: nnx.Module, config: ml_collections.ConfigDict, meta: dict) -> None:
+    """Writes ``model`` as step 0 of a run, the inverse of ``load_trained`` (an imported checkpoint).
+
+    The state is saved as training saves it (model with a fresh optimizer of
+    ``config.train``), in both the periodic and the best manager, so every reader of
+    trained runs loads it and ``experiments.train`` can fine-tune from it.
+    """
+    tx = make_optimizer(config.train)[0]
+    state = nnx.state((model, nnx.Optimizer(model, tx, wrt=nnx.Param)))
+    meta = {"task": config.task, "config": config.to_dict(), "step": 0, "train": {}, "validation": {}, **meta}
+    checkpoints = Checkpoints(workdir)
+    try:
+        checkpoints.save(0, state, {}, meta)
+        # No validation loss yet: the largest finite one, so any real validation of a fine-tune is better.
+        checkpoints.save_best(0, state, {}, meta, validation_loss=float(np.finfo(np.float32).max))
+    finally:
+        checkpoints.close()

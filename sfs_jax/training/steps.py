@@ -25,10 +25,14 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from sfs_jax.model.embeddings import pitch_index
+from sfs_jax.model import token_layout as layout_lib
 from sfs_jax.music.tokenizer import TokenType
 
 HEADS = ("type", "pitch", "velocity", "duration")
+# How the four heads' token losses make the training loss (``config.train.loss_reduction``):
+# "sum_per_example" (the reference: each head's NLL summed over an example's tokens, averaged over
+# the examples, heads summed) or "mean_per_head" (v1: each head's mean NLL per scored token, summed).
+LOSS_REDUCTIONS = ("sum_per_example", "mean_per_head")
 Normalizers = Mapping[str, jax.Array]
 # loss_fn(model, batch, key, step, normalizers=None) -> (loss, metrics); step is -1 in evaluation.
 # With normalizers (the full batch's denominators) every returned value is this batch's additive
@@ -38,37 +42,42 @@ LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 NormalizerFn = Callable[[dict[str, jax.Array]], dict[str, jax.Array]]
 
 
-def head_labels(batch: dict[str, jax.Array]) -> dict[str, tuple[jax.Array, jax.Array]]:
-    """(labels, mask) per head: type over real tokens, the note heads over NOTE tokens."""
-    token_type = batch["target_type"]
-    real, note = token_type != int(TokenType.PAD), token_type == int(TokenType.NOTE)
-    return {"type": (token_type, real),
-            "pitch": (jnp.maximum(pitch_index(batch["target_pitch"]) - 1, 0), note),
-            "velocity": (jnp.clip(batch["target_velocity"], 0, 127), note),
-            "duration": (jnp.clip(batch["target_duration"], 0, 64), note)}
+def head_labels(batch: dict[str, jax.Array], layout: str = "reference") -> dict[str, tuple[jax.Array, jax.Array]]:
+    """(labels, mask) per head at each decoder position (``token_layout.head_labels``)."""
+    return layout_lib.head_labels(layout_lib.predicted_tokens(batch, layout), layout)
 
 
-def sfs_normalizers(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """Tokens scored by each head over the whole batch: the denominators of ``sfs_loss``."""
-    return {f"{head}_count": jnp.sum(mask) for head, (_, mask) in head_labels(batch).items()}
+def sfs_normalizers(batch: dict[str, jax.Array], layout: str = "reference") -> dict[str, jax.Array]:
+    """Tokens scored by each head, and examples, over the whole batch: the denominators of ``sfs_loss``."""
+    counts = {f"{head}_count": jnp.sum(mask) for head, (_, mask) in head_labels(batch, layout).items()}
+    return {**counts, "n_examples": jnp.sum(jnp.any(batch["target_type"] != int(TokenType.PAD), axis=1))}
 
 
 def factorized_nll(logits: dict[str, jax.Array], labels: dict[str, tuple[jax.Array, jax.Array]],
-                   normalizers: Normalizers | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Sum over heads of the per-head mean cross entropy (SFS.md section 3), plus sums/counts.
+                   normalizers: Normalizers | None = None, reduction: str = "sum_per_example",
+                   n_examples: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The loss of the four heads (SFS.md section 3) under ``reduction``, plus sums/counts.
 
-    Each head's mean divides by ``normalizers[f"{head}_count"]`` when given (the whole
-    batch's count, for gradient accumulation), else by this batch's count.
+    "sum_per_example": every head's NLL summed over the tokens, divided by the examples
+    (``n_examples``, or ``normalizers["n_examples"]``: the whole batch's, for gradient
+    accumulation), heads summed. "mean_per_head": each head's NLL divided by its scored
+    tokens (``normalizers[f"{head}_count"]`` when given, else this batch's), summed.
     """
+    if reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"loss reduction must be one of {LOSS_REDUCTIONS}, got {reduction!r}")
     loss, metrics = jnp.zeros((), jnp.float32), {}
     nll_BxT = 0.0
     for head in HEADS:
         label, mask = labels[head]
-        nll = optax.softmax_cross_entropy_with_integer_labels(logits[head].astype(jnp.float32), label)
+        logits_head = logits[head].astype(jnp.promote_types(logits[head].dtype, jnp.float32))
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits_head, label)
         nll = jnp.where(mask, nll, 0.0)
         count = jnp.sum(mask)
         correct = jnp.sum((jnp.argmax(logits[head], -1) == label) & mask)
-        denominator = count if normalizers is None else normalizers[f"{head}_count"]
+        if reduction == "sum_per_example":
+            denominator = n_examples if normalizers is None else normalizers["n_examples"]
+        else:
+            denominator = count if normalizers is None else normalizers[f"{head}_count"]
         loss = loss + jnp.sum(nll) / jnp.maximum(denominator, 1)
         metrics[f"{head}_nll_sum"], metrics[f"{head}_count"] = jnp.sum(nll), count
         metrics[f"{head}_correct"] = correct
@@ -78,10 +87,14 @@ def factorized_nll(logits: dict[str, jax.Array], labels: dict[str, tuple[jax.Arr
 
 
 def sfs_loss(model: nnx.Module, batch: dict[str, jax.Array], key: jax.Array, step: jax.Array,
-             normalizers: Normalizers | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+             normalizers: Normalizers | None = None,
+             reduction: str = "sum_per_example") -> tuple[jax.Array, dict[str, jax.Array]]:
     """Teacher-forced loss of the SFS (or Flat) model; ``key`` and ``step`` unused (no dropout)."""
     del key, step
-    loss, metrics = factorized_nll(model.logits(batch), head_labels(batch), normalizers)
+    layout = model.config.token_layout
+    n_examples = jnp.sum(jnp.any(batch["target_type"] != int(TokenType.PAD), axis=1))
+    loss, metrics = factorized_nll(model.logits(batch), head_labels(batch, layout), normalizers, reduction,
+                                   n_examples)
     metrics["n_beats"] = jnp.sum(batch["n_beats"]).astype(jnp.float32)
     metrics["tokens"] = jnp.sum(batch["target_type"] != int(TokenType.PAD))
     metrics["loss"] = loss

@@ -8,6 +8,7 @@ pieces ``train_and_evaluate`` needs, so the loop itself knows nothing of music.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 from collections.abc import Mapping
@@ -100,13 +101,17 @@ def upgrade_saved_config(config: ml_collections.ConfigDict, workdir: str | Path 
         logging.warning("%s: saved model_name %r is a label from before model names were checked; "
                         "it trained SFS, so it is read as 'sfs'", workdir, config.model_name)
         config.model_name = "sfs"
+    if "model_arch" not in config:
+        # Saved before reference parity: this project's first design, and its recipe (the train
+        # block's defaults, which make_optimizer and the loss read for absent fields).
+        config.model_arch = "v1"
     return config
 
 
 def model_config_from(config: ml_collections.ConfigDict) -> ModelConfig:
     """The frozen ModelConfig of an experiment config (Flat applies its switches last)."""
     overrides = to_dict(config.model)
-    model = model_config(config.model_size, **overrides)
+    model = model_config(config.model_size, config.get("model_arch", "reference"), **overrides)
     return flat_config(model) if model_name_of(config) == "flat" else model
 
 
@@ -157,6 +162,11 @@ def check_window_scope(model: ModelConfig, examples: ExampleConfig) -> None:
                          "--config.examples.window_scope=segment")
 
 
+def loss_reduction(config: ml_collections.ConfigDict) -> str:
+    """How the heads' token losses make the loss (``steps.LOSS_REDUCTIONS``; v1's if a config predates it)."""
+    return config.train.get("loss_reduction", "mean_per_head")
+
+
 def _eval_iterator(source: Any, make: Any, batch_size: int, n_batches: int):
     """A fixed, seeded validation stream of ``n_batches`` batches (several passes if small)."""
     epochs = max(1, math.ceil(n_batches * batch_size / max(len(source), 1)))
@@ -183,8 +193,8 @@ def sfs_task(config: ml_collections.ConfigDict, dataset_dir: str | Path,
     return Task(
         name=model_name_of(config),
         make_model=lambda rngs: SFSModel(model_cfg, rngs=rngs),
-        loss_fn=steps.sfs_loss,
-        normalizer_fn=steps.sfs_normalizers,
+        loss_fn=functools.partial(steps.sfs_loss, reduction=loss_reduction(config)),
+        normalizer_fn=functools.partial(steps.sfs_normalizers, layout=model_cfg.token_layout),
         make_train_iterator=lambda seed: make(splits["train"], None, seed=seed, shuffle=True),
         make_eval_iterator=lambda: _eval_iterator(eval_source(splits), make, batch, config.train.eval_batches),
         config_json=config.to_dict(),
@@ -193,8 +203,8 @@ def sfs_task(config: ml_collections.ConfigDict, dataset_dir: str | Path,
 
 def vae_task(config: ml_collections.ConfigDict, dataset_dir: str | Path) -> Task:
     """The bar VAE on single bars, with the cyclic KL weight of SFS.md section 3."""
-    vae_cfg = model_config_from(config).vae
-    compute_dtype = config.model.get("compute_dtype", "float32")
+    model_cfg = model_config_from(config)
+    vae_cfg = model_cfg.vae
     splits = open_splits(dataset_dir)
     batch, max_tokens = config.train.batch_size, vae_cfg.max_bar_tokens
     cycle = config.vae_beta_cycle_steps
@@ -211,9 +221,9 @@ def vae_task(config: ml_collections.ConfigDict, dataset_dir: str | Path) -> Task
 
     return Task(
         name="bar_vae",
-        make_model=lambda rngs: bar_vae.BarVAE(vae_cfg, compute_dtype=compute_dtype, rngs=rngs),
+        make_model=lambda rngs: bar_vae.make_bar_vae(model_cfg, rngs),
         loss_fn=loss_fn,
-        normalizer_fn=bar_vae.vae_normalizers,
+        normalizer_fn=functools.partial(bar_vae.vae_normalizers, layout=model_cfg.token_layout),
         make_train_iterator=lambda seed: make(splits["train"], None, seed=seed),
         make_eval_iterator=lambda: _eval_iterator(eval_source(splits), make, batch, config.train.eval_batches),
         tokens_key="type",

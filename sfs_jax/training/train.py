@@ -79,7 +79,13 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def make_optimizer(train_config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, Callable]:
-    """Adam with linear warmup then cosine or linear decay to ``final_lr_fraction``, clipped."""
+    """Adam(W) with an optional linear warmup, then the named decay; clipped when ``clip_norm`` > 0.
+
+    Schedules: "exponential" (lr times ``decay_rate`` per step: the reference's 0.999998502),
+    "cosine" / "linear" (to ``final_lr_fraction`` of the peak at ``num_steps``), "constant".
+    Fields a config saved before a field existed take the v1 recipe's value.
+    """
+    get = lambda name, default: train_config.get(name, default)
     peak, warmup = train_config.learning_rate, train_config.warmup_steps
     decay_steps = max(train_config.num_steps - warmup, 1)
     end = peak * train_config.final_lr_fraction
@@ -89,11 +95,16 @@ def make_optimizer(train_config: ml_collections.ConfigDict) -> tuple[optax.Gradi
         decay = optax.linear_schedule(peak, end, decay_steps)
     elif train_config.schedule == "constant":
         decay = optax.constant_schedule(peak)
+    elif train_config.schedule == "exponential":
+        decay = optax.exponential_decay(peak, transition_steps=1, decay_rate=get("decay_rate", 1.0))
     else:
-        raise ValueError(f"unknown schedule {train_config.schedule!r}: cosine, linear or constant")
-    schedule = optax.join_schedules([optax.linear_schedule(0.0, peak, max(warmup, 1)), decay], [warmup])
-    tx = optax.chain(optax.clip_by_global_norm(train_config.clip_norm),
-                     optax.adamw(schedule, b1=0.9, b2=0.98, weight_decay=train_config.weight_decay))
+        raise ValueError(f"unknown schedule {train_config.schedule!r}: exponential, cosine, linear or constant")
+    schedule = (optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup]) if warmup > 0
+                else decay)
+    adam = optax.adamw(schedule, b1=get("b1", 0.9), b2=get("b2", 0.98), eps=get("eps", 1e-8),
+                       weight_decay=train_config.weight_decay)
+    clip_norm = get("clip_norm", 1.0)
+    tx = optax.chain(optax.clip_by_global_norm(clip_norm), adam) if clip_norm > 0 else optax.chain(adam)
     return tx, schedule
 
 
@@ -169,7 +180,8 @@ def train_and_evaluate(task: Task, config: ml_collections.ConfigDict, workdir: s
         check_resumable(task.resume_identity, checkpoints.meta().get("config", {}), task.config_json, workdir)
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
         state, data_state, meta = checkpoints.restore(abstract)
-        train_iterator.set_state(data_state)
+        if data_state:  # an imported checkpoint (restore.write_run) has no data position: start the stream
+            train_iterator.set_state(data_state)
         start_step = int(meta["step"])
         logging.info("resumed %s at step %d", workdir, start_step)
         final = workdir / "final_metrics.json"
