@@ -42,6 +42,7 @@ from sfs_jax.music.contexts import ContextSlot
 from sfs_jax.music.song import Song
 from sfs_jax.music.tokenizer import TokenType
 from sfs_jax.training import steps
+from sfs_jax.training.train import parameter_count
 from tests.conftest import live_tiny_config
 
 EXAMPLES = ExampleConfig(window_bars=2, context_bars=2, target_buckets=(96, 128, 192, 256),
@@ -328,7 +329,7 @@ def test_attention_paths_give_the_same_model(implementation: str, batch: Batch, 
 
 def _parameter_count(make: Callable[[], Any]) -> int:
     """Parameters of a module built abstractly (nnx.eval_shape: nothing is allocated)."""
-    return int(sum(x.size for x in jax.tree.leaves(nnx.state(nnx.eval_shape(make), nnx.Param))))
+    return parameter_count(nnx.state(nnx.eval_shape(make)))
 
 
 @pytest.mark.parametrize("arch, sfs_expected, vae_expected", [("reference", 57_313_563, 33_171_995),

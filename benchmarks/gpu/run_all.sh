@@ -5,13 +5,15 @@
 #   python -m data_pipeline.build --config=pop909 --manual_dir=../shared/data/pop909 --data_dir=runs/pop909/tfds
 #   device run, carry [".whl", "runs/pop909/tfds"]:
 #     bash benchmarks/gpu/run_all.sh bench     # MFU (paper, bf16) + generation speed, about 4 min
-#     bash benchmarks/gpu/run_all.sh train     # VAE, SFS, Flat (GPT-like), SFS (segment) on POP909 under a
-#                                              # wall-clock budget, then Flat scored on SFS's validation windows
+#     bash benchmarks/gpu/run_all.sh train     # VAE, SFS (the authors' model and recipe), Flat (GPT-like), and
+#                                              # SFS v1 (this project's first design, segment positions, aligned
+#                                              # Ref) on POP909 under a wall-clock budget, then Flat scored on
+#                                              # SFS's validation windows
 #
 # Everything lands in $OUT (the device tool brings it back): one log per step and the
 # metrics.jsonl of each training run (the learning curves; `python -m benchmarks.gpu.curves`
 # plots them here). Budgets come from the environment so a session can fit its lease:
-# VAE_SECONDS, SFS_SECONDS, FLAT_SECONDS, SFS_SEGMENT_SECONDS (training loop time of each run, compile excluded).
+# VAE_SECONDS, SFS_SECONDS, FLAT_SECONDS, SFS_V1_SECONDS (training loop time of each run, compile excluded).
 # SIZE=tiny runs the same steps on a CPU in a minute (how the script itself is checked).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -50,10 +52,11 @@ case ${1:-bench} in
     ;;
   train)
     [ -d "$DATASET" ] || { echo "no dataset at $DATASET: carry runs/pop909/tfds (see the header)" >&2; exit 2; }
+    # The defaults are the authors' recipes (no warmup); a short VAE run scales its KL cycle to the run.
     if [ "$SIZE" = paper ]; then
-      VAE=(--config.train.num_steps=3000 --config.train.warmup_steps=200 --config.vae_beta_cycle_steps=750
+      VAE=(--config.train.num_steps=3000 --config.vae_beta_cycle_steps=750 --config.vae_beta_start_step=0
            --config.train.eval_every=500 --config.train.checkpoint_every=500)
-      LM=(--config.train.num_steps=4000 --config.train.warmup_steps=300 --config.train.eval_every=250
+      LM=(--config.train.num_steps=4000 --config.train.eval_every=250
           --config.train.checkpoint_every=1000 --config.train.log_every=50)
     else
       VAE=(--config.train.num_steps=4); LM=(--config.train.num_steps=4)
@@ -62,14 +65,14 @@ case ${1:-bench} in
       --config.data.dataset_dir="$DATASET" --config.train.max_train_seconds="${VAE_SECONDS:-90}" "${VAE[@]}" \
       --workdir="$RUNS/vae"
     cp "$RUNS/vae/metrics.jsonl" "$OUT/vae_metrics.jsonl" 2>/dev/null
-    # sfs_segment: SFS with segment-relative cross-attention positions and the window-aligned Ref crop,
-    # the configuration that learnt to use its contexts on the CPU (README, results on POP909).
-    for run in sfs flat sfs_segment; do
-      model=${run%_segment}; extra=()
-      [ "$run" = sfs_segment ] && extra=(--config.model.cross_attention_positions=segment
-                                         --config.examples.ref_crop=aligned)
+    # sfs_v1: this project's first design and recipe with segment-relative cross-attention positions and the
+    # window-aligned Ref crop, the configuration that learnt to use its contexts on the CPU (README results).
+    for run in sfs flat sfs_v1; do
+      model=${run%_v1}; arch=""; extra=()
+      [ "$run" = sfs_v1 ] && arch=",arch=v1,recipe=v1" && extra=(--config.model.cross_attention_positions=segment
+                                                                   --config.examples.ref_crop=aligned)
       budget_var=${run^^}_SECONDS
-      step "$run" "$PY" -m experiments.train --config="experiments/configs/sfs.py:size=$SIZE,model=$model" \
+      step "$run" "$PY" -m experiments.train --config="experiments/configs/sfs.py:size=$SIZE,model=$model$arch" \
         --config.data.dataset_dir="$DATASET" --config.vae_workdir="$RUNS/vae" \
         --config.train.max_train_seconds="${!budget_var:-150}" "${LM[@]}" ${extra[@]+"${extra[@]}"} --workdir="$RUNS/$run"
       cp "$RUNS/$run/metrics.jsonl" "$OUT/${run}_metrics.jsonl" 2>/dev/null

@@ -279,21 +279,24 @@ def vae_loss(model: BarVAE, batch: Tokens, key: jax.Array, beta: float | jax.Arr
 
 
 def cyclic_beta(step: int | jax.Array, *, max_beta: float = 0.1, cycle_steps: int,
-                ramp_fraction: float = 0.5) -> float | jax.Array:
+                ramp_fraction: float = 0.5, start_step: int = 0) -> float | jax.Array:
     """Cyclic KL annealing (Fu et al. 2019): per cycle, 0 -> max_beta linearly, then held.
 
     Within each cycle of ``cycle_steps`` steps beta rises linearly over the first
     ``ramp_fraction`` of the cycle and stays at ``max_beta`` for the rest; restarting
     at 0 lets the decoder re-learn to use z after each phase of strong KL pressure.
-    A Python int step gives a Python float (for logs); a jax step gives a jax array.
+    Before ``start_step`` beta is 0 and cycles count from it (the reference: 0 for the
+    first 1000 steps, then cycles of 50,000). A Python int step gives a Python float
+    (for logs); a jax step gives a jax array.
     """
     if cycle_steps < 1:
         raise ValueError(f"cycle_steps must be >= 1, got {cycle_steps}")
     if not 0.0 < ramp_fraction <= 1.0:
         raise ValueError(f"ramp_fraction must be in (0, 1], got {ramp_fraction}")
     xp = jnp if isinstance(step, jax.Array) else np
-    phase = xp.mod(step, cycle_steps) / cycle_steps
-    beta = max_beta * xp.minimum(phase / ramp_fraction, 1.0)
+    since_start = step - start_step
+    phase = xp.mod(xp.maximum(since_start, 0), cycle_steps) / cycle_steps
+    beta = xp.where(since_start < 0, 0.0, max_beta * xp.minimum(phase / ramp_fraction, 1.0))
     return float(beta) if xp is np and np.ndim(beta) == 0 else beta
 
 

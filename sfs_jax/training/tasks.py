@@ -211,7 +211,8 @@ def vae_task(config: ml_collections.ConfigDict, dataset_dir: str | Path) -> Task
 
     def loss_fn(model, batch_arrays, key, step, normalizers=None):
         # Cyclic KL weight while training; the full weight in evaluation (step -1).
-        cyclic = bar_vae.cyclic_beta(jnp.maximum(step, 0), max_beta=config.vae_max_beta, cycle_steps=cycle)
+        cyclic = bar_vae.cyclic_beta(jnp.maximum(step, 0), max_beta=config.vae_max_beta, cycle_steps=cycle,
+                                     start_step=config.get("vae_beta_start_step", 0))
         beta = jnp.where(step < 0, config.vae_max_beta, cyclic)
         return bar_vae.vae_loss(model, batch_arrays, key, beta, normalizers)
 
