@@ -13,6 +13,7 @@ Properties proved here:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import ml_collections
@@ -203,9 +204,18 @@ def test_every_sweep_variant_is_a_valid_distinct_config(sweep: str) -> None:
     runs = ablate_configs.variants(base, sweep)
     names = [name for name, _ in runs]
     assert len(names) == len(set(names)) and "flat" in names
-    built = [(tasks.model_config_from(config), tasks.example_config_from(config)) for _, config in runs]
+    built = [(tasks.model_config_from(config), tasks.example_config_from(config), config.train.recipe,
+              config.train.loss_reduction) for _, config in runs]
     assert len(set(built)) == len(built)
     by_name = dict(zip(names, built, strict=True))
+    if sweep == "departures":
+        reference = by_name["reference"][0]
+        assert reference == tasks.model_config_from(base)
+        assert by_name["reference"][2:] == ("reference", "sum_per_example")
+        assert by_name["full_rotary"][0] == dataclasses.replace(reference, rotary_dims=reference.head_dim)
+        assert by_name["v1_input_scale_zero_init"][0].position_code == "learned"
+        assert by_name["mean_per_head_loss"][0] == reference and by_name["mean_per_head_loss"][3] == "mean_per_head"
+        assert by_name["v1"][0] == model_config("tiny", "v1") and by_name["v1"][2:] == ("v1", "mean_per_head")
     if sweep == "context":
         assert by_name["sfs_segment_positions"][0].cross_attention_positions == "segment"
         assert by_name["no_ref"][0].context_slots == ("left", "right", "seed")

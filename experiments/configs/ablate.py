@@ -6,22 +6,28 @@ same budget on the same examples; only what the target may see changes, through
 ``all_previous``, the example builder's ``context_mode``. ``flat`` is the paper's
 GPT-like baseline (windows anywhere in the song); ``flat_segment`` is the same
 decoder on SFS's own windows, the reference whose validation examples are the same
-as every SFS variant's. The ``init`` sweep compares initialisations of the structure paths.
+as every SFS variant's. The ``init`` sweep compares initialisations of the structure paths;
+``departures`` trains the authors' model (the base config) beside each of this project's
+departures from it, one at a time, and this project's first design (v1) whole.
 
     python -m experiments.ablate --sweep=context --config=experiments/configs/sfs.py:size=small \
         --workdir=runs/ablate
+    python -m experiments.ablate --sweep=departures --config=experiments/configs/sfs.py:size=small \
+        --workdir=runs/departures
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 from collections.abc import Callable
 from typing import Any
 
 import ml_collections
 
-from sfs_jax.model.config import STRUCTURE_PATHS
+from experiments.configs import common
+from sfs_jax.model.config import STRUCTURE_PATHS, model_config
 
 SFS_SLOTS = ("left", "right", "seed", "ref")
 AddFn = Callable[..., None]
@@ -76,7 +82,34 @@ def init(add: AddFn) -> None:
     flat_baselines(add)
 
 
-SWEEPS: dict[str, Callable[[AddFn], None]] = {"context": context, "context_full": context_full, "init": init}
+def departures(add: AddFn, base: ml_collections.ConfigDict) -> None:
+    """The authors' model (``base``, the reference defaults) and each departure of this project alone.
+
+    Full rotary (every head dim rotated); this project's input scale (learned position
+    code, flax init) with the structure paths at zero; segment-relative cross-attention
+    positions; the window-aligned Ref crop; the per-head mean loss; v1's recipe; all of
+    v1's architecture fields (``model_config(size, "v1")``) with its recipe; both Flats.
+    """
+    add("reference")
+    add("full_rotary", **{"model.rotary_dims": base.model.head_dim})
+    add("v1_input_scale_zero_init", **{"model.position_code": "learned", "model.init": "flax",
+                                       "model.zero_init_paths": STRUCTURE_PATHS})
+    add("segment_positions", **{"model.cross_attention_positions": "segment"})
+    add("aligned_ref", **{"examples.ref_crop": "aligned"})
+    add("mean_per_head_loss", **{"train.loss_reduction": "mean_per_head"})
+    add("v1_recipe", **{f"train.{k}": v for k, v in {**common.RECIPES["v1"], "recipe": "v1"}.items()})
+    v1_model = dataclasses.asdict(model_config(base.model_size, "v1"))
+    v1_model.pop("vae")
+    keep = ("compute_dtype", "attention_implementation")
+    add("v1", model_arch="v1", **{f"model.{k}": v for k, v in v1_model.items() if k not in keep},
+        **{f"train.{k}": v for k, v in {**common.RECIPES["v1"], "recipe": "v1"}.items()})
+    flat_baselines(add)
+
+
+SWEEPS: dict[str, Callable[..., None]] = {"context": context, "context_full": context_full, "init": init,
+                                          "departures": departures}
+# Sweeps whose variants depend on the base config (e.g. its head width) get it as a second argument.
+_NEEDS_BASE = ("departures",)
 
 
 def variants(base: ml_collections.ConfigDict, sweep: str) -> list[tuple[str, ml_collections.ConfigDict]]:
@@ -95,5 +128,7 @@ def variants(base: ml_collections.ConfigDict, sweep: str) -> list[tuple[str, ml_
             node[leaf] = value
         out.append((name, config))
 
-    SWEEPS[sweep](add)
+    if sweep not in SWEEPS:
+        raise KeyError(f"unknown sweep {sweep!r}; choose from {sorted(SWEEPS)}")
+    SWEEPS[sweep](add, base) if sweep in _NEEDS_BASE else SWEEPS[sweep](add)
     return out
