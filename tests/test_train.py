@@ -490,3 +490,29 @@ def test_bar_vae_task_trains_and_load_trained_restores_it(tiny_synthetic_dataset
         assert np.array_equal(loaded[name], saved[name]), name
     fresh = _pure_params(BarVAE(model.config, rngs=nnx.Rngs(params=config.train.seed)))
     assert any(not np.array_equal(loaded[name], fresh[name]) for name in loaded)
+
+
+def test_runs_saved_before_reference_parity_still_load(tmp_path: Path) -> None:
+    """A v1 run saved before the fixed tables were state (no rotary ``inv_freq``, no ``model_arch``) loads as v1.
+
+    Its config is read as this project's first design and the rotary frequencies are
+    computed again, so the trained parameters come back unchanged.
+    """
+    from sfs_jax.model.initializers import Buffer
+    from sfs_jax.training import restore
+
+    config = sfs_configs.get_config("size=tiny,model=flat,arch=v1,recipe=v1")
+    model = restore.make_model(config, nnx.Rngs(3))
+    optimizer = nnx.Optimizer(model, train_lib.make_optimizer(config.train)[0], wrt=nnx.Param)
+    _, without_tables, _ = nnx.split((model, optimizer), nnx.Not(Buffer), ...)
+    saved_config = config.to_dict()
+    del saved_config["model_arch"]
+    meta = {"task": "sfs", "config": saved_config, "step": 0}
+    checkpoints = Checkpoints(tmp_path)
+    checkpoints.save(0, without_tables, {}, meta)
+    checkpoints.save_best(0, without_tables, {}, meta, 1.0)
+    checkpoints.close()
+    loaded, loaded_config, _ = load_trained(tmp_path)
+    assert loaded_config.model_arch == "v1" and loaded.config.token_layout == "v1"
+    for path, value in _pure_params(model).items():
+        np.testing.assert_array_equal(_pure_params(loaded)[path], value, err_msg=path)

@@ -14,9 +14,11 @@ import jax
 import ml_collections
 import numpy as np
 import optax
+from absl import logging
 from flax import nnx
 
 from sfs_jax.model import bar_vae
+from sfs_jax.model.initializers import Buffer
 from sfs_jax.model.sfs import SFSModel
 from sfs_jax.training.checkpoint import Checkpoints, read_meta
 from sfs_jax.training.tasks import model_config_from, upgrade_saved_config
@@ -60,15 +62,37 @@ def load_trained(workdir: str | Path, best: bool = True, compute_dtype: str | No
         return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
     graphdef, abstract_state = nnx.split(nnx.eval_shape(fresh))
-    abstract_state = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if hasattr(x, "shape") else x, abstract_state)
     checkpoints = Checkpoints(workdir)
     try:
-        state, _, meta = checkpoints.restore(abstract_state, best=best)
+        try:
+            state, _, meta = checkpoints.restore(_shapes(abstract_state), best=best)
+            model, _ = nnx.merge(graphdef, state)
+        except ValueError as err:
+            if "inv_freq" not in str(err):  # only the missing tables of a run saved before they were state
+                raise
+            model, meta = _restore_without_buffers(checkpoints, fresh, best, workdir)
     finally:
         checkpoints.close()
-    model, _ = nnx.merge(graphdef, state)
     return model, config, meta
+
+
+def _shapes(state: nnx.State) -> nnx.State:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if hasattr(x, "shape") else x, state)
+
+
+def _restore_without_buffers(checkpoints: Checkpoints, fresh: Any, best: bool,
+                             workdir: Path) -> tuple[nnx.Module, dict[str, Any]]:
+    """A run saved before the fixed tables were state: its variables, with the tables computed again.
+
+    Those runs (this project's v1 design) had no tables but the rotary frequencies,
+    which a model of the same config computes exactly as it did then, so the model is
+    the one that was trained. Costs one real initialisation (logged).
+    """
+    logging.warning("%s was saved before position tables were checkpointed; computing them again", workdir)
+    graphdef, buffers, rest = nnx.split(fresh(), Buffer, ...)
+    restored, _, meta = checkpoints.restore(_shapes(rest), best=best)
+    model, _ = nnx.merge(graphdef, buffers, restored)
+    return model, meta
 
 
 def write_run(workdir: str | Path, model: nnx.Module, config: ml_collections.ConfigDict, meta: dict) -> None:
