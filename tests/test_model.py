@@ -92,8 +92,8 @@ class Forward:
             model = nnx.merge(graphdef, state)
             hidden, layout = model(batch), model.config.token_layout
             logits = model.decoder.heads.teacher_forced(hidden, token_layout.predicted_tokens(batch, layout))
-            n_examples = jnp.asarray(batch["target_type"].shape[0])
-            loss, _ = steps.factorized_nll(logits, steps.head_labels(batch, layout), n_examples=n_examples)
+            loss, _ = steps.factorized_nll(logits, steps.head_labels(batch, layout),
+                                           n_examples=steps.example_count(batch))
             return {"hidden": hidden, **logits, "loss": loss}
 
         self._state, self._forward = state, jax.jit(forward)

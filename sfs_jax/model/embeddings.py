@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sfs_jax.model.config import ModelConfig
 from sfs_jax.model.initializers import Buffer, embed, linear
 from sfs_jax.music import notes as notes_lib
 from sfs_jax.music.tokenizer import NUM_DURATIONS, NUM_TOKEN_TYPES, TokenType
@@ -188,8 +189,8 @@ class LearnedPositionCode(nnx.Module):
         return self.project(code) + beat
 
 
-def position_code(config, rngs: nnx.Rngs) -> nnx.Module:
-    """The position code ``config`` (a ``ModelConfig``) names, for the context encoder or the decoder."""
+def position_code(config: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
+    """The position code ``config`` names, for the context encoder or the decoder."""
     if config.position_code == "fixed":
         return FixedPositionCode(config.d_model, rows=config.max_position_frames,
                                  use_segment_positions=config.use_segment_positions)

@@ -90,10 +90,10 @@ def compare_case(case_dir: str | Path, x64: bool = False) -> list[Comparison]:
         batch = {k: jnp.asarray(v) for k, v in batch_lib.to_batch(inputs, np.dtype(dtype)).items()}
         ours = jax.tree.map(np.asarray, jax.jit(lambda b: sfs.features(b))(batch))
         labels = steps.head_labels(batch, config.token_layout)
-        n_examples = batch["target_type"].shape[0]
+        n_examples = steps.example_count(batch)
         total, metrics = steps.factorized_nll(jax.tree.map(jnp.asarray, ours["logits"]), labels,
-                                              reduction="sum_per_example", n_examples=jnp.asarray(n_examples))
-        losses = {head: float(metrics[f"{head}_nll_sum"]) / n_examples for head in steps.HEADS}
+                                              reduction="sum_per_example", n_examples=n_examples)
+        losses = {head: float(metrics[f"{head}_nll_sum"]) / float(n_examples) for head in steps.HEADS}
         losses["total"] = float(total)
         vae_out = {group: jax.tree.map(np.asarray, vae.encode_features(
             {k: jnp.asarray(v) for k, v in group_tokens.items()}))

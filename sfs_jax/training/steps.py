@@ -47,10 +47,15 @@ def head_labels(batch: dict[str, jax.Array], layout: str = "reference") -> dict[
     return layout_lib.head_labels(layout_lib.predicted_tokens(batch, layout), layout)
 
 
+def example_count(batch: dict[str, jax.Array]) -> jax.Array:
+    """Examples with a real target (the reference loss's denominator; all-padding rows are not examples)."""
+    return jnp.sum(jnp.any(batch["target_type"] != int(TokenType.PAD), axis=1))
+
+
 def sfs_normalizers(batch: dict[str, jax.Array], layout: str = "reference") -> dict[str, jax.Array]:
     """Tokens scored by each head, and examples, over the whole batch: the denominators of ``sfs_loss``."""
     counts = {f"{head}_count": jnp.sum(mask) for head, (_, mask) in head_labels(batch, layout).items()}
-    return {**counts, "n_examples": jnp.sum(jnp.any(batch["target_type"] != int(TokenType.PAD), axis=1))}
+    return {**counts, "n_examples": example_count(batch)}
 
 
 def factorized_nll(logits: dict[str, jax.Array], labels: dict[str, tuple[jax.Array, jax.Array]],
@@ -65,6 +70,8 @@ def factorized_nll(logits: dict[str, jax.Array], labels: dict[str, tuple[jax.Arr
     """
     if reduction not in LOSS_REDUCTIONS:
         raise ValueError(f"loss reduction must be one of {LOSS_REDUCTIONS}, got {reduction!r}")
+    if reduction == "sum_per_example" and n_examples is None and normalizers is None:
+        raise ValueError("the sum_per_example loss needs n_examples (or the whole batch's normalizers)")
     loss, metrics = jnp.zeros((), jnp.float32), {}
     nll_BxT = 0.0
     for head in HEADS:
@@ -92,9 +99,8 @@ def sfs_loss(model: nnx.Module, batch: dict[str, jax.Array], key: jax.Array, ste
     """Teacher-forced loss of the SFS (or Flat) model; ``key`` and ``step`` unused (no dropout)."""
     del key, step
     layout = model.config.token_layout
-    n_examples = jnp.sum(jnp.any(batch["target_type"] != int(TokenType.PAD), axis=1))
     loss, metrics = factorized_nll(model.logits(batch), head_labels(batch, layout), normalizers, reduction,
-                                   n_examples)
+                                   example_count(batch))
     metrics["n_beats"] = jnp.sum(batch["n_beats"]).astype(jnp.float32)
     metrics["tokens"] = jnp.sum(batch["target_type"] != int(TokenType.PAD))
     metrics["loss"] = loss
