@@ -20,6 +20,7 @@ from pathlib import Path
 from absl import app, flags
 
 from experiments import pipeline
+from experiments.quiet import quiet_by_default
 from sfs_jax.data.examples import WINDOW_SCOPES
 from sfs_jax.evaluation import reliance
 from sfs_jax.training import tasks
@@ -38,6 +39,7 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> None:
     del argv
+    quiet_by_default()
     args = flags.FLAGS
     try:
         variants = [reliance.parse_variant(v) for v in args.variants]

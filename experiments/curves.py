@@ -16,6 +16,7 @@ from pathlib import Path
 
 from absl import app, flags
 
+from experiments.quiet import quiet_by_default
 from sfs_jax.training.metrics_writer import read_metrics
 
 Curves = dict[str, dict[str, list[dict]]]
@@ -88,6 +89,7 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> None:
     del argv
+    quiet_by_default()
     try:
         runs = parse_runs(flags.FLAGS.runs)
     except (ValueError, FileNotFoundError) as err:

@@ -35,6 +35,7 @@ import ml_collections
 from absl import app, flags
 
 from experiments import pipeline
+from experiments.quiet import quiet_by_default
 from sfs_jax.evaluation import paired, protocol
 from sfs_jax.music.structure import StructureError
 
@@ -92,6 +93,7 @@ def make_plan(args: flags.FlagValues | SimpleNamespace) -> protocol.ProtocolPlan
 
 def main(argv: list[str]) -> None:
     del argv
+    quiet_by_default()
     plan = make_plan(flags.FLAGS)
     result = protocol.execute(plan)
     print(result.markdown)
