@@ -388,3 +388,20 @@ def test_start_refuses_impossible_windows(model, batch):
         sampler.start(batch, jax.random.key(0), 32, prefix_len_B=65)
     with pytest.raises(ValueError, match="remaining FRAMEs"):  # 63 FRAMEs + END fit, not after 40 real tokens
         sampler.start(batch, jax.random.key(0), 63, prefix_len_B=40)
+
+
+def test_sampling_settings_are_values_not_compilations(model, batch):
+    """Ten settings in a row run on one compiled sampler; the settings still change what is drawn."""
+    sampler = SegmentSampler(model, SamplingConfig())
+    sampler.sample_window(batch, jax.random.key(4), N_FRAMES)  # compiled here (or earlier in the session)
+    compiled = segment.sample_chunk._cache_size()
+    outputs = []
+    for i, (temperature, top_p, top_k) in enumerate([(0.5, 0.9, 0), (0.55, 0.95, 5), (0.0, 1.0, 0), (1.3, 1.0, 0),
+                                                     (1.0, 0.5, 0), (0.7, 0.8, 3), (1.0, 1.0, 1), (0.9, 0.975, 0),
+                                                     (2.0, 1.0, 20), (0.05, 1.0, 0)]):
+        settings = SamplingConfig(temperature=temperature, top_p=top_p, top_k=top_k)
+        state = sampler.start(batch, jax.random.key(4), N_FRAMES)
+        outputs.append(np.asarray(sampler.sample_chunk(state, 1000, settings).tokens_BxTx5))
+        assert segment.sample_chunk._cache_size() == compiled, f"setting {i} compiled the sampler again"
+    np.testing.assert_array_equal(outputs[2], outputs[6])  # temperature 0 and top_k 1: both the argmax path
+    assert not np.array_equal(outputs[0], outputs[3])

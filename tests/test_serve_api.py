@@ -253,7 +253,7 @@ def test_two_clients_queue_and_a_full_queue_is_refused_with_429(served: Served) 
 def test_a_failure_mid_stream_ends_with_an_error_event(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
     original = Composer.compose
 
-    def failing(self, request, key, num_samples=1, callbacks=None, seed=0):
+    def failing(self, request, key, num_samples=1, callbacks=None, seed=0, sampling=None):
         on_note = callbacks.on_note
 
         def explode(sample, segment, note):
@@ -261,7 +261,7 @@ def test_a_failure_mid_stream_ends_with_an_error_event(served: Served, monkeypat
             raise RuntimeError("injected failure")
 
         callbacks.on_note = explode
-        return original(self, request, key, num_samples, callbacks, seed)
+        return original(self, request, key, num_samples, callbacks, seed, sampling)
 
     monkeypatch.setattr(Composer, "compose", failing)
     events = stream_events(served.url, _body(targets=[1]))

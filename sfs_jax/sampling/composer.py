@@ -185,8 +185,14 @@ class Composer:
         return batch
 
     def compose(self, request: ComposeRequest, key: jax.Array, num_samples: int = 1,
-                callbacks: Callbacks | None = None, seed: int = 0) -> list[ComposedSong]:
-        """``num_samples`` songs for one request, batched; ``seed`` draws the default order."""
+                callbacks: Callbacks | None = None, seed: int = 0,
+                sampling: SamplingConfig | None = None) -> list[ComposedSong]:
+        """``num_samples`` songs for one request, batched; ``seed`` draws the default order.
+
+        ``sampling`` overrides the composer's temperature / top-p / top-k for this call
+        (its token budget stays the composer's); they are values of the compiled sampler,
+        so any setting runs without compiling again.
+        """
         callbacks = callbacks or Callbacks()
         segments = request.segments
         n_bars = segments[-1].end_bar
@@ -217,7 +223,8 @@ class Composer:
             if callbacks.on_segment_start:
                 callbacks.on_segment_start(target, chosen)
             key, segment_key = jax.random.split(key)
-            songs_notes = self._write_segment(request, order, position, songs_notes, segment_key, callbacks)
+            songs_notes = self._write_segment(request, order, position, songs_notes, segment_key, callbacks,
+                                              sampling)
             if callbacks.on_segment_done:
                 callbacks.on_segment_done(target)
         return [ComposedSong(self._song(request, notes, f"composed-{i}"), seed_index, order, contexts)
@@ -228,7 +235,8 @@ class Composer:
         return Song(song_id, notes, request.segments[-1].end_bar, request.tempo_bpm, request.segments, "user")
 
     def _write_segment(self, request: ComposeRequest, order: tuple[int, ...], position: int,
-                       songs_notes: list[np.ndarray], key: jax.Array, callbacks: Callbacks) -> list[np.ndarray]:
+                       songs_notes: list[np.ndarray], key: jax.Array, callbacks: Callbacks,
+                       sampling: SamplingConfig | None = None) -> list[np.ndarray]:
         """Writes segment ``order[position]`` of every sample, window by window (``window_steps``)."""
         segment = request.segments[order[position]]
         window = self.example_config.window_bars
@@ -242,7 +250,7 @@ class Composer:
             state = initial = self.sampler.start(batch, jax.random.fold_in(key, step_index),
                                                  n_frames_B=window_bars * FRAMES_PER_BAR, prefix_len_B=prefix_len)
             emitted = [0] * len(songs)
-            for state, _ in self.sampler.stream(initial, self.chunk_tokens):
+            for state, _ in self.sampler.stream(initial, self.chunk_tokens, sampling):
                 if callbacks.should_cancel and callbacks.should_cancel():
                     raise CompositionCancelled(f"cancelled while writing segment {order[position]}")
                 if callbacks.on_note:

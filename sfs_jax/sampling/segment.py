@@ -88,7 +88,8 @@ class SamplingConfig:
 
     SFS.md section 4 samples every head with nucleus p = 0.975 (the paper's evaluation
     used 1.0). ``max_tokens`` is the token budget T of a window (the cache length);
-    None uses the batch's target length (its bucket). Hashable: a static jit argument.
+    None uses the batch's target length (its bucket). The settings reach the compiled
+    sampler as values (``knobs``), so changing them costs no compilation.
     """
 
     temperature: float = 1.0
@@ -112,8 +113,32 @@ class SamplingConfig:
         override = getattr(self, f"{name}_head")
         return override if override is not None else HeadSampling(self.temperature, self.top_p, self.top_k)
 
+    def knobs(self) -> Knobs:
+        """The four heads' settings as arrays: run-time values of the compiled sampler."""
+        heads = [self.head(name) for name in HEADS]
+        return Knobs(jnp.asarray([h.temperature for h in heads], jnp.float32),
+                     jnp.asarray([h.top_p for h in heads], jnp.float32),
+                     jnp.asarray([h.top_k for h in heads], jnp.int32))
 
-_REPLAY_CONFIG = SamplingConfig(temperature=0.0)  # forced tokens ignore their draws; argmax is the cheapest
+
+@struct.dataclass
+class Knobs:
+    """Temperature, top-p and top-k of each head (index ``HEADS``), traced, not compiled in.
+
+    Why arrays: with the settings as static jit arguments every new (temperature,
+    top-p, top-k) compiled the sampler again (13-30 s on a CPU) and kept another copy;
+    as values, one compilation per model and shape serves every setting.
+    """
+
+    temperature_H: jax.Array
+    top_p_H: jax.Array
+    top_k_H: jax.Array
+
+    def head(self, index: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+        return self.temperature_H[index], self.top_p_H[index], self.top_k_H[index]
+
+
+_REPLAY = SamplingConfig(temperature=0.0)  # forced tokens ignore their draws; argmax is the cheapest
 
 
 # ---------------------------------------------------------------------------
@@ -169,43 +194,45 @@ class SamplerState:
 # ---------------------------------------------------------------------------
 
 
-def _keep_top_k(logits_BxV: jax.Array, k: int) -> jax.Array:
-    kth_Bx1 = jax.lax.top_k(logits_BxV, min(k, logits_BxV.shape[-1]))[0][..., -1:]
-    return jnp.where(logits_BxV >= kth_Bx1, logits_BxV, -jnp.inf)
+def _keep_top_k_and_p(logits_BxV: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
+    """The top ``top_k`` classes (0: all), then the nucleus: each kept while the mass before it is <= top_p.
 
-
-def _keep_top_p(logits_BxV: jax.Array, top_p: float) -> jax.Array:
-    """Nucleus: the most likely classes, each kept while the mass of the classes before it is <= top_p.
-
-    The reference's rule (a class whose preceding mass equals p exactly stays); the top
-    class always stays.
+    The reference's nucleus rule (a class whose preceding mass equals p exactly stays;
+    the top class always stays); p >= 1 keeps every class. One sort serves both, and k
+    and p are traced values.
     """
+    n_classes = logits_BxV.shape[-1]
     sorted_BxV = jnp.flip(jnp.sort(logits_BxV, axis=-1), axis=-1)
-    probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+    kth_Bx1 = jnp.take(sorted_BxV, jnp.clip(top_k - 1, 0, n_classes - 1), axis=-1)[:, None]
+    keep_BxV = (top_k <= 0) | (logits_BxV >= kth_Bx1)
+    in_top_k_sorted_BxV = (top_k <= 0) | (jnp.arange(n_classes) < top_k)
+    probs_BxV = jax.nn.softmax(jnp.where(in_top_k_sorted_BxV, sorted_BxV, -jnp.inf), axis=-1)
     mass_before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
     threshold_Bx1 = jnp.min(jnp.where(mass_before_BxV <= top_p, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
-    return jnp.where(logits_BxV >= threshold_Bx1, logits_BxV, -jnp.inf)
+    keep_BxV &= (top_p >= 1) | (logits_BxV >= threshold_Bx1)
+    return jnp.where(keep_BxV, logits_BxV, -jnp.inf)
 
 
 def sample_logits(key: jax.Array, logits_BxV: jax.Array, allowed_BxV: jax.Array | None,
-                  head: HeadSampling) -> jax.Array:
+                  head: HeadSampling | tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
     """One class per row: grammar mask first, then temperature, top-k, top-p (SFS.md section 4).
 
-    A row with no allowed class falls back to all classes (only rows whose draw is
-    discarded, e.g. the pitch of a FRAME token, can have one).
+    ``head``: a ``HeadSampling``, or (temperature, top_p, top_k) as traced scalars
+    (``Knobs.head``). Temperature 0 or top-k 1 take the argmax. A row with no allowed
+    class falls back to all classes (only rows whose draw is discarded, e.g. the pitch
+    of a FRAME token, can have one).
     """
+    if isinstance(head, HeadSampling):
+        head = (jnp.float32(head.temperature), jnp.float32(head.top_p), jnp.int32(head.top_k))
+    temperature, top_p, top_k = head
     logits_BxV = logits_BxV.astype(jnp.float32)
     if allowed_BxV is not None:
         allowed_BxV = allowed_BxV | ~jnp.any(allowed_BxV, axis=-1, keepdims=True)
         logits_BxV = jnp.where(allowed_BxV, logits_BxV, -jnp.inf)
-    if head.greedy:
-        return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-    logits_BxV = logits_BxV / head.temperature
-    if head.top_k > 0:
-        logits_BxV = _keep_top_k(logits_BxV, head.top_k)
-    if head.top_p < 1:
-        logits_BxV = _keep_top_p(logits_BxV, head.top_p)
-    return jax.random.categorical(key, logits_BxV, axis=-1).astype(jnp.int32)
+    greedy = (temperature == 0) | (top_k == 1)
+    scaled_BxV = logits_BxV / jnp.where(greedy, 1.0, temperature)
+    drawn = jax.random.categorical(key, _keep_top_k_and_p(scaled_BxV, top_k, top_p), axis=-1)
+    return jnp.where(greedy, jnp.argmax(logits_BxV, axis=-1), drawn).astype(jnp.int32)
 
 
 def _log_prob(logits_BxV: jax.Array, label_B: jax.Array) -> jax.Array:
@@ -275,7 +302,7 @@ def step_inputs(state: SamplerState) -> dict[str, jax.Array]:
     return {name: jnp.where(t == 0, start[name][:, None], previous[name]) for name in TARGET_FIELDS}
 
 
-def _choose(key: jax.Array, logits_BxV: jax.Array, allowed_BxV: jax.Array | None, head: HeadSampling,
+def _choose(key: jax.Array, logits_BxV: jax.Array, allowed_BxV: jax.Array | None, head: tuple,
             forced_B: jax.Array, given_B: jax.Array, offset: int = 0) -> tuple[jax.Array, jax.Array]:
     """The forced value or a draw (class + offset), and its untempered log-probability."""
     value_B = jnp.where(forced_B, given_B, sample_logits(key, logits_BxV, allowed_BxV, head) + offset)
@@ -283,7 +310,7 @@ def _choose(key: jax.Array, logits_BxV: jax.Array, allowed_BxV: jax.Array | None
 
 
 def choose_token(heads: nnx.Module, h_BxD: jax.Array, state: SamplerState,
-                 config: SamplingConfig) -> tuple[jax.Array, jax.Array]:
+                 knobs: Knobs) -> tuple[jax.Array, jax.Array]:
     """Token t of every row (Bx5, frame column still 0) and its log-probability.
 
     Type, then pitch, then velocity given the pitch, then duration given both
@@ -299,16 +326,16 @@ def choose_token(heads: nnx.Module, h_BxD: jax.Array, state: SamplerState,
     # The type head draws a class of its layout (the reference's FRAME class is END after the last frame).
     type_logits = heads.type_logits(h_BxD)
     drawn_class = sample_logits(keys[0], type_logits, layout_lib.class_allowed(type_mask(state), layout),
-                                config.head("type"))
+                                knobs.head(0))
     frames_left_B = state.window.n_frames_B - state.frames_emitted_B
     token_type = jnp.where(forced_B, given_Bx5[:, TYPE], layout_lib.class_to_type(drawn_class, frames_left_B, layout))
     type_lp = _log_prob(type_logits, layout_lib.type_class(token_type, layout))
     pitch, pitch_lp = _choose(keys[1], heads.pitch_logits(h_BxD), pitch_mask(state.last_pitch_B),
-                              config.head("pitch"), forced_B, given_Bx5[:, PITCH], offset=MIN_PITCH)
+                              knobs.head(1), forced_B, given_Bx5[:, PITCH], offset=MIN_PITCH)
     velocity, velocity_lp = _choose(keys[2], heads.velocity_logits(h_BxD, pitch), None,
-                                    config.head("velocity"), forced_B, given_Bx5[:, VEL])
+                                    knobs.head(2), forced_B, given_Bx5[:, VEL])
     duration, duration_lp = _choose(keys[3], heads.duration_logits(h_BxD, pitch, velocity), None,
-                                    config.head("duration"), forced_B, given_Bx5[:, DUR])
+                                    knobs.head(3), forced_B, given_Bx5[:, DUR])
     token_type = jnp.where(state.done_B, _PAD, token_type)
     is_note = token_type == _NOTE
     token_Bx5 = jnp.stack([token_type, pitch, velocity, duration, jnp.zeros_like(pitch)], axis=-1)
@@ -337,13 +364,13 @@ def advance(state: SamplerState, token_Bx5: jax.Array, logprob_B: jax.Array,
     )
 
 
-def _cached_token(model: nnx.Module, config: SamplingConfig, state: SamplerState) -> SamplerState:
+def _cached_token(model: nnx.Module, knobs: Knobs, state: SamplerState) -> SamplerState:
     """Token t through ``Decoder.step`` on the cache (input t-1 goes into slot t - lead)."""
     window = state.window
     slot = state.step - model.decoder.lead
     h_Bx1xD, cache = model.decoder.step(step_inputs(state), window.batch, state.cache, slot,
                                         window.context_kv, window.cross_mask_Bx1xS, window.per_bar_BxGxD)
-    token_Bx5, logprob_B = choose_token(model.decoder.heads, h_Bx1xD[:, 0], state, config)
+    token_Bx5, logprob_B = choose_token(model.decoder.heads, h_Bx1xD[:, 0], state, knobs)
     return advance(state, token_Bx5, logprob_B, cache)
 
 
@@ -387,7 +414,7 @@ def _prefill(model: nnx.Module, state: SamplerState) -> SamplerState:
 
     def forced_token(s: SamplerState) -> SamplerState:
         h_BxD = jax.lax.dynamic_index_in_dim(h_BxTxD, s.step - lead, axis=1, keepdims=False)
-        return advance(s, *choose_token(model.decoder.heads, h_BxD, s, _REPLAY_CONFIG), s.cache)
+        return advance(s, *choose_token(model.decoder.heads, h_BxD, s, _REPLAY.knobs()), s.cache)
 
     return jax.lax.while_loop(lambda s: s.step < n_forced, forced_token, state.replace(cache=cache))
 
@@ -423,24 +450,24 @@ def _start(graphdef: nnx.GraphDef, params: nnx.State, batch: dict[str, jax.Array
     return _prefill(model, state) if prefill and use_cache else state
 
 
-@functools.partial(jax.jit, static_argnames=("config",), donate_argnames=("state",))
-def sample_chunk(graphdef: nnx.GraphDef, params: nnx.State, state: SamplerState, n_steps: jax.Array, *,
-                 config: SamplingConfig) -> SamplerState:
+@functools.partial(jax.jit, donate_argnames=("state",))
+def sample_chunk(graphdef: nnx.GraphDef, params: nnx.State, state: SamplerState, n_steps: jax.Array,
+                 knobs: Knobs) -> SamplerState:
     """Advances every row by up to ``n_steps`` tokens in one ``lax.while_loop``; ``state`` is donated.
 
-    Stops early once every row has emitted END. ``n_steps`` is traced, so any chunk
-    size reuses the one compilation per (B, T, S, G) shape; chunked and one-call
-    sampling give the same tokens because the key is folded with the token index.
+    Stops early once every row has emitted END. ``n_steps`` and the sampling ``knobs``
+    are traced, so any chunk size and any setting reuse the one compilation per
+    (B, T, S, G) shape; chunked and one-call sampling give the same tokens because the
+    key is folded with the token index.
     """
     model = nnx.merge(graphdef, params)
     stop = jnp.minimum(state.step + n_steps, state.max_tokens)
     return jax.lax.while_loop(lambda s: (s.step < stop) & ~jnp.all(s.done_B),
-                              lambda s: _cached_token(model, config, s), state)
+                              lambda s: _cached_token(model, knobs, s), state)
 
 
-@functools.partial(jax.jit, static_argnames=("config",), donate_argnames=("state",))
-def _no_cache_token(graphdef: nnx.GraphDef, params: nnx.State, state: SamplerState, *,
-                    config: SamplingConfig) -> SamplerState:
+@functools.partial(jax.jit, donate_argnames=("state",))
+def _no_cache_token(graphdef: nnx.GraphDef, params: nnx.State, state: SamplerState, knobs: Knobs) -> SamplerState:
     """Token t by the original's method: the whole teacher-forced decoder over the padded buffer."""
     model = nnx.merge(graphdef, params)
     window, t = state.window, state.step
@@ -451,7 +478,7 @@ def _no_cache_token(graphdef: nnx.GraphDef, params: nnx.State, state: SamplerSta
     batch = {**window.batch, **{f"target_{name}": value for name, value in fields.items()}}
     h_BxTxD = model.decoder(batch, window.context_BxSxD, window.per_bar_BxGxD, model.visible_slots)
     h_BxD = jax.lax.dynamic_index_in_dim(h_BxTxD, t - model.decoder.lead, axis=1, keepdims=False)
-    token_Bx5, logprob_B = choose_token(model.decoder.heads, h_BxD, state, config)
+    token_Bx5, logprob_B = choose_token(model.decoder.heads, h_BxD, state, knobs)
     return advance(state, token_Bx5, logprob_B, state.cache)
 
 
@@ -513,20 +540,27 @@ class SegmentSampler:
         return _start(self.graphdef, self.params, inputs, jnp.asarray(n_frames), jnp.asarray(prefix_len), key,
                       max_tokens=max_tokens, use_cache=use_cache, prefill=prefill and bool(prefix_len.min() > 0))
 
-    def sample_chunk(self, state: SamplerState, n_steps: int) -> SamplerState:
-        """Up to ``n_steps`` more tokens per row (the given state is donated: use the returned one)."""
-        return sample_chunk(self.graphdef, self.params, state, jnp.asarray(n_steps, jnp.int32), config=self.config)
+    def _knobs(self, sampling: SamplingConfig | None) -> Knobs:
+        return (sampling or self.config).knobs()
 
-    def stream(self, state: SamplerState, chunk_tokens: int) -> Iterator[tuple[SamplerState, np.ndarray]]:
+    def sample_chunk(self, state: SamplerState, n_steps: int, sampling: SamplingConfig | None = None
+                     ) -> SamplerState:
+        """Up to ``n_steps`` more tokens per row (the given state is donated: use the returned one)."""
+        return sample_chunk(self.graphdef, self.params, state, jnp.asarray(n_steps, jnp.int32),
+                            self._knobs(sampling))
+
+    def stream(self, state: SamplerState, chunk_tokens: int, sampling: SamplingConfig | None = None
+               ) -> Iterator[tuple[SamplerState, np.ndarray]]:
         """Yields (state, new tokens Bx(<=chunk)x5) after each chunk until every row is done.
 
         The host sees tokens once per chunk, not per token; stopping the iteration
         cancels the rest of the window. ``chunk_tokens`` <= 0: the whole window in one chunk.
         """
         chunk_tokens = chunk_tokens if chunk_tokens > 0 else state.max_tokens
+        knobs = self._knobs(sampling)
         while int(state.step) < state.max_tokens and not bool(jnp.all(state.done_B)):
             begin = int(state.step)
-            state = self.sample_chunk(state, chunk_tokens)
+            state = sample_chunk(self.graphdef, self.params, state, jnp.asarray(chunk_tokens, jnp.int32), knobs)
             yield state, np.asarray(state.tokens_BxTx5[:, begin:int(state.step)])
 
     def sample_window(self, batch: Mapping[str, np.ndarray], key: jax.Array,
@@ -549,8 +583,9 @@ class SegmentSampler:
         """
         state = self.start(batch, key, n_frames_B, prefix_len_B, use_cache=False)
         stop = state.max_tokens if max_steps is None else min(max_steps, state.max_tokens)
+        knobs = self._knobs(None)
         while int(state.step) < stop and not bool(jnp.all(state.done_B)):
-            state = _no_cache_token(self.graphdef, self.params, state, config=self.config)
+            state = _no_cache_token(self.graphdef, self.params, state, knobs)
         return state
 
 

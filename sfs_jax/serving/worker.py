@@ -12,15 +12,15 @@ terminal event (``done``, ``cancelled`` or ``error``): nothing is lost silently.
 
 The loaded composer is compiled at start-up (``warm``) by composing one structure
 with a segment longer than the window, which compiles the window start with and
-without a teacher-forced prefix, the sampler chunk and the bar VAE. Sampling knobs
-are static arguments of the compiled sampler, so each new (temperature, top_p,
-top_k) compiles once; the ``running`` event says when that happens.
+without a teacher-forced prefix, the sampler chunk and the bar VAE. Sampling
+settings (temperature, top_p, top_k) are run-time values of that compiled sampler,
+so a job with new settings starts at once and memory does not grow with them (the
+``running`` event's ``compiling`` is always false, kept for clients that read it).
 """
 
 from __future__ import annotations
 
 import collections
-import copy
 import dataclasses
 import logging
 import threading
@@ -33,11 +33,9 @@ import jax
 from sfs_jax.music import notes as notes_lib
 from sfs_jax.music.structure import parse_structure
 from sfs_jax.sampling.composer import Callbacks, Composer, ComposeRequest, CompositionCancelled, context_summary
-from sfs_jax.sampling.segment import SamplingConfig, SegmentSampler
 from sfs_jax.serving.plan import GenerationPlan
 
 TERMINAL_EVENTS = ("done", "cancelled", "error")
-MAX_SAMPLING_VARIANTS = 8
 log = logging.getLogger(__name__)
 
 
@@ -104,7 +102,6 @@ class ModelWorker:
         self._queue: collections.deque[Job] = collections.deque()
         self._jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
         self._running: Job | None = None
-        self._variants: collections.OrderedDict[SamplingConfig, Composer] = collections.OrderedDict()
         self._base: Composer | None = None
         self._stopping = False
         self._failure: str | None = None
@@ -237,7 +234,6 @@ class ModelWorker:
         composer = self._source if isinstance(self._source, Composer) else self._source()
         with self._lock:
             self._base = composer
-            self._variants[composer.sampling] = composer
         structure = self._warm_structure or f"A{composer.example_config.window_bars + 1}"
         start = time.perf_counter()
         composer.compose(ComposeRequest(parse_structure(structure)), jax.random.key(0))
@@ -255,25 +251,11 @@ class ModelWorker:
             job.state, self._running = "running", job
             return job
 
-    def _variant(self, sampling: SamplingConfig) -> tuple[Composer, bool]:
-        """The composer with these knobs (sharing model, VAE and compiled embedder); True when new."""
-        config = dataclasses.replace(sampling, max_tokens=self._base.sampling.max_tokens)
-        if config in self._variants:
-            self._variants.move_to_end(config)
-            return self._variants[config], False
-        variant = copy.copy(self._base)
-        variant.sampling, variant.sampler = config, SegmentSampler(self._base.model, config)
-        self._variants[config] = variant
-        evictable = [c for c in self._variants if c != self._base.sampling]  # least recently used first
-        for old in evictable[: max(0, len(self._variants) - MAX_SAMPLING_VARIANTS)]:
-            del self._variants[old]
-        return variant, True
-
     def _run_job(self, job: Job) -> None:
         plan = job.plan
-        composer, compiling = self._variant(plan.sampling)
+        composer = self._base  # one compiled sampler: the job's settings are run-time values
         started = time.perf_counter()
-        job.send({"event": "running", "job": job.id, "compiling": compiling,
+        job.send({"event": "running", "job": job.id, "compiling": False,
                   "waited_s": round(started - job.submitted_s, 4)})
         stats = {"notes": 0, "first_note_s": None, "piece_notes": collections.Counter()}
         targets = set(plan.targets)
@@ -304,7 +286,8 @@ class ModelWorker:
         callbacks = Callbacks(on_segment_start=on_segment_start, on_note=on_note, on_segment_done=on_segment_done,
                               should_cancel=lambda: job.cancel_requested_s is not None)
         try:
-            composer.compose(plan.request, jax.random.key(plan.seed), 1, callbacks, seed=plan.seed)
+            composer.compose(plan.request, jax.random.key(plan.seed), 1, callbacks, seed=plan.seed,
+                             sampling=plan.sampling)
         except _TargetsDone:
             pass
         except CompositionCancelled:

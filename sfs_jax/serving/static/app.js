@@ -618,7 +618,7 @@ class App {
       this.setStatus(e.queue_position ? "queued" : "running",
         e.queue_position ? `Queued behind ${e.queue_position} request(s)…` : "Starting…");
     } else if (e.event === "running") {
-      this.setStatus("running", e.compiling ? "Compiling the sampler for these settings (once)…" : "Generating…");
+      this.setStatus("running", "Generating…");
     } else if (e.event === "context") {
       gen.writing = e.bars;
       gen.contexts = e.contexts;
