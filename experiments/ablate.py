@@ -22,9 +22,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import pipeline
+from experiments.cli import prepare
 from experiments.configs import ablate as ablate_configs
 from experiments.configs import bar_vae as vae_configs
-from experiments.quiet import quiet_by_default
 from sfs_jax.training import tasks
 from sfs_jax.training.checkpoint import read_meta
 from sfs_jax.training.train import check_resumable
@@ -65,7 +65,7 @@ def write_table(rows: list[dict[str, Any]], workdir: Path) -> str:
 
 def main(argv: list[str]) -> None:
     del argv
-    quiet_by_default()
+    prepare()
     workdir = Path(_WORKDIR.value)
     base = _CONFIG.value
     runs = [(n, c) for n, c in ablate_configs.variants(base, _SWEEP.value) if not _ONLY.value or n in _ONLY.value]

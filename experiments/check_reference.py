@@ -17,7 +17,7 @@ import sys
 
 from absl import app, flags
 
-from experiments.quiet import quiet_by_default
+from experiments.cli import prepare
 from sfs_jax.reference import parity
 from sfs_jax.reference.weights import CheckpointMismatch
 
@@ -30,7 +30,7 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> None:
     del argv
-    quiet_by_default()
+    prepare()
     args = flags.FLAGS
     try:
         results = parity.compare_case(args.case, x64=args.x64)

@@ -20,7 +20,7 @@ from pathlib import Path
 from absl import app, flags
 
 from experiments import pipeline
-from experiments.quiet import quiet_by_default
+from experiments.cli import prepare
 from sfs_jax.data.examples import WINDOW_SCOPES
 from sfs_jax.evaluation import reliance
 from sfs_jax.training import tasks
@@ -39,7 +39,7 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> None:
     del argv
-    quiet_by_default()
+    prepare()
     args = flags.FLAGS
     try:
         variants = [reliance.parse_variant(v) for v in args.variants]

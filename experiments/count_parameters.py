@@ -14,7 +14,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from experiments.quiet import quiet_by_default
+from experiments.cli import prepare
 from sfs_jax.model import bar_vae
 from sfs_jax.model.sfs import SFSModel
 from sfs_jax.training import tasks
@@ -28,7 +28,7 @@ def parameter_count(make) -> int:
 
 def main(argv: list[str]) -> None:
     del argv
-    quiet_by_default()
+    prepare()
     config = flags.FLAGS.config
     model = tasks.model_config_from(config)
     name = tasks.model_name_of(config)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from experiments.quiet import quiet_by_default
+from experiments.cli import prepare
 from sfs_jax.training.metrics_writer import read_metrics
 
 Curves = dict[str, dict[str, list[dict]]]
@@ -89,7 +89,7 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> None:
     del argv
-    quiet_by_default()
+    prepare()
     try:
         runs = parse_runs(flags.FLAGS.runs)
     except (ValueError, FileNotFoundError) as err:

@@ -35,7 +35,7 @@ import ml_collections
 from absl import app, flags
 
 from experiments import pipeline
-from experiments.quiet import quiet_by_default
+from experiments.cli import prepare
 from sfs_jax.evaluation import paired, protocol
 from sfs_jax.music.structure import StructureError
 
@@ -93,7 +93,7 @@ def make_plan(args: flags.FlagValues | SimpleNamespace) -> protocol.ProtocolPlan
 
 def main(argv: list[str]) -> None:
     del argv
-    quiet_by_default()
+    prepare()
     plan = make_plan(flags.FLAGS)
     result = protocol.execute(plan)
     print(result.markdown)

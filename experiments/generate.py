@@ -23,7 +23,7 @@ import numpy as np
 import tqdm
 from absl import app, flags
 
-from experiments.quiet import quiet_by_default
+from experiments.cli import prepare
 from sfs_jax.music import midi_io
 from sfs_jax.music.pianoroll import write_pianoroll
 from sfs_jax.music.structure import StructureError, format_structure, parse_structure, validate_compose_order
@@ -92,7 +92,7 @@ def build_request(structure: str, seed_midi: str, seed_segment: int | None, seed
 
 def main(argv: list[str]) -> None:
     del argv
-    quiet_by_default()
+    prepare()
     try:
         request = build_request(_STRUCTURE.value, _SEED_MIDI.value, _SEED_SEGMENT.value, _SEED_FIT.value,
                                 _ORDER.value, _TEMPO.value)

@@ -24,9 +24,9 @@ from pathlib import Path
 import ml_collections
 from absl import app, flags
 
+from experiments.cli import prepare
 from experiments.configs import bar_vae as bar_vae_configs
 from experiments.configs import sfs as sfs_configs
-from experiments.quiet import quiet_by_default
 from sfs_jax.model import bar_vae
 from sfs_jax.model.config import ModelConfig
 from sfs_jax.reference import weights as weights_lib
@@ -78,7 +78,7 @@ def import_checkpoint(checkpoint: str | Path, workdir: str | Path, heads: int = 
 
 def main(argv: list[str]) -> None:
     del argv
-    quiet_by_default()
+    prepare()
     args = flags.FLAGS
     try:
         summary = import_checkpoint(args.checkpoint, args.workdir, args.heads)

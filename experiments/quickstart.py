@@ -19,9 +19,9 @@ import jax
 from absl import app, flags
 
 from experiments import pipeline
+from experiments.cli import prepare
 from experiments.configs import bar_vae as vae_configs
 from experiments.configs import sfs as sfs_configs
-from experiments.quiet import quiet_by_default
 from sfs_jax.music import midi_io
 from sfs_jax.music.pianoroll import write_pianoroll
 from sfs_jax.music.structure import format_structure, parse_structure
@@ -65,7 +65,7 @@ def compose_song(workdir: Path) -> dict:
 
 def main(argv: list[str]) -> None:
     del argv
-    quiet_by_default()
+    prepare()
     workdir = Path(_WORKDIR.value)
     timings = {}
     vae_config = vae_configs.get_config(f"size={_SIZE.value}")

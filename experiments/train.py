@@ -16,7 +16,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import pipeline
-from experiments.quiet import quiet_by_default
+from experiments.cli import prepare
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/sfs.py", "Training config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard and metrics go here.", required=True)
@@ -26,7 +26,7 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initial
 
 def main(argv: list[str]) -> None:
     del argv
-    quiet_by_default()
+    prepare()
     if _MULTIHOST.value:
         jax.distributed.initialize()
     pipeline.run(_CONFIG.value, _WORKDIR.value, _WORKERS.value)
