@@ -21,8 +21,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import pipeline
-from experiments.cli import prepare
+from experiments import cli, pipeline
 from experiments.configs import ablate as ablate_configs
 from experiments.configs import bar_vae as vae_configs
 from sfs_jax.training import tasks
@@ -65,7 +64,7 @@ def write_table(rows: list[dict[str, Any]], workdir: Path) -> str:
 
 def main(argv: list[str]) -> None:
     del argv
-    prepare()
+    cli.prepare()
     workdir = Path(_WORKDIR.value)
     base = _CONFIG.value
     runs = [(n, c) for n, c in ablate_configs.variants(base, _SWEEP.value) if not _ONLY.value or n in _ONLY.value]
@@ -91,4 +90,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

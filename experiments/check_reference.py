@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from experiments.cli import prepare
+from experiments import cli
 from sfs_jax.reference import parity
 from sfs_jax.reference.weights import CheckpointMismatch
 
@@ -30,7 +30,7 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> None:
     del argv
-    prepare()
+    cli.prepare()
     args = flags.FLAGS
     try:
         results = parity.compare_case(args.case, x64=args.x64)
@@ -51,4 +51,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

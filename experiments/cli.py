@@ -1,4 +1,4 @@
-"""What every command sets up first: quiet logs and the persistent compilation cache.
+"""What every command sets up first: quiet logs, the persistent compilation cache, short usage errors.
 
 - Quiet by default: a command shows results, progress lines, warnings and errors, not
   library INFO records (orbax writes several per checkpoint save and restore).
@@ -8,15 +8,19 @@
   same model starts in seconds instead of compiling again). The folder is
   ``$SFS_JAX_CACHE_DIR``, else ``~/.cache/sfs_jax/xla``; ``SFS_JAX_CACHE_DIR=off``
   switches it off. A cache dir already configured (``JAX_COMPILATION_CACHE_DIR``) is kept.
+- Usage errors (``app.UsageError``) print their reason on one line (``run``), not
+  after the whole flag list as absl does.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
-from absl import flags, logging
+from absl import app, flags, logging
 
 CACHE_ENV = "SFS_JAX_CACHE_DIR"
 DEFAULT_CACHE_DIR = Path("~/.cache/sfs_jax/xla")
@@ -55,3 +59,16 @@ def prepare(quiet: bool = True) -> None:
     if quiet:
         quiet_by_default()
     enable_compilation_cache()
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+    """``absl.app.run`` with a usage error told reason first: one line, not after the whole flag list."""
+
+    def reasons_first(argv: list[str]) -> None:
+        try:
+            main(argv)
+        except app.UsageError as err:
+            print(f"error: {err}\n(--help lists the flags)", file=sys.stderr)
+            sys.exit(2)
+
+    app.run(reasons_first)

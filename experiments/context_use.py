@@ -19,8 +19,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from experiments import pipeline
-from experiments.cli import prepare
+from experiments import cli, pipeline
 from sfs_jax.data.examples import WINDOW_SCOPES
 from sfs_jax.evaluation import reliance
 from sfs_jax.training import tasks
@@ -39,7 +38,7 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> None:
     del argv
-    prepare()
+    cli.prepare()
     args = flags.FLAGS
     try:
         variants = [reliance.parse_variant(v) for v in args.variants]
@@ -72,4 +71,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -10,11 +10,11 @@ frequencies are state, not parameters, as in the authors' model.
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
-from experiments.cli import prepare
+from experiments import cli
 from sfs_jax.model import bar_vae
 from sfs_jax.model.sfs import SFSModel
 from sfs_jax.training import tasks
@@ -28,7 +28,7 @@ def parameter_count(make) -> int:
 
 def main(argv: list[str]) -> None:
     del argv
-    prepare()
+    cli.prepare()
     config = flags.FLAGS.config
     model = tasks.model_config_from(config)
     name = tasks.model_name_of(config)
@@ -44,4 +44,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", "experiments/configs/sfs.py:paper", "Training config file.")
-    app.run(main)
+    cli.run(main)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from experiments.cli import prepare
+from experiments import cli
 from sfs_jax.training.metrics_writer import read_metrics
 
 Curves = dict[str, dict[str, list[dict]]]
@@ -89,7 +89,7 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> None:
     del argv
-    prepare()
+    cli.prepare()
     try:
         runs = parse_runs(flags.FLAGS.runs)
     except (ValueError, FileNotFoundError) as err:
@@ -101,4 +101,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

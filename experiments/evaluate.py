@@ -34,8 +34,7 @@ from types import SimpleNamespace
 import ml_collections
 from absl import app, flags
 
-from experiments import pipeline
-from experiments.cli import prepare
+from experiments import cli, pipeline
 from sfs_jax.evaluation import paired, protocol
 from sfs_jax.music.structure import StructureError
 
@@ -93,7 +92,7 @@ def make_plan(args: flags.FlagValues | SimpleNamespace) -> protocol.ProtocolPlan
 
 def main(argv: list[str]) -> None:
     del argv
-    prepare()
+    cli.prepare()
     plan = make_plan(flags.FLAGS)
     result = protocol.execute(plan)
     print(result.markdown)
@@ -105,4 +104,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -21,9 +21,9 @@ from pathlib import Path
 import jax
 import numpy as np
 import tqdm
-from absl import app, flags
+from absl import app, flags, logging
 
-from experiments.cli import prepare
+from experiments import cli
 from sfs_jax.music import midi_io
 from sfs_jax.music.pianoroll import write_pianoroll
 from sfs_jax.music.structure import StructureError, format_structure, parse_structure, validate_compose_order
@@ -80,6 +80,10 @@ def build_request(structure: str, seed_midi: str, seed_segment: int | None, seed
             raise FileNotFoundError(f"--seed_midi {seed_midi} does not exist")
         parsed = midi_io.read_midi(seed_midi)
         seed_notes, seed_tempo = parsed.notes_Nx4, parsed.tempo_bpm
+        if parsed.tempo_varies:
+            logging.warning("the seed's tempo changes from %.1f to %.1f bpm; the song is written at %.1f bpm (its "
+                            "tempo at the first note) unless --tempo says otherwise", *parsed.tempo_span_bpm,
+                            parsed.tempo_bpm)
     if compose_order is not None and seed_segment is not None and compose_order[0] != seed_segment:
         raise StructureError(f"the seed segment {seed_segment} must come first in --order")
     request = ComposeRequest(segments=segments, tempo_bpm=tempo or seed_tempo or 100.0, seed_notes_Nx4=seed_notes,
@@ -92,7 +96,7 @@ def build_request(structure: str, seed_midi: str, seed_segment: int | None, seed
 
 def main(argv: list[str]) -> None:
     del argv
-    prepare()
+    cli.prepare()
     try:
         request = build_request(_STRUCTURE.value, _SEED_MIDI.value, _SEED_SEGMENT.value, _SEED_FIT.value,
                                 _ORDER.value, _TEMPO.value)
@@ -138,4 +142,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

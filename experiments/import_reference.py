@@ -22,9 +22,9 @@ import sys
 from pathlib import Path
 
 import ml_collections
-from absl import app, flags
+from absl import flags
 
-from experiments.cli import prepare
+from experiments import cli
 from experiments.configs import bar_vae as bar_vae_configs
 from experiments.configs import sfs as sfs_configs
 from sfs_jax.model import bar_vae
@@ -78,7 +78,7 @@ def import_checkpoint(checkpoint: str | Path, workdir: str | Path, heads: int = 
 
 def main(argv: list[str]) -> None:
     del argv
-    prepare()
+    cli.prepare()
     args = flags.FLAGS
     try:
         summary = import_checkpoint(args.checkpoint, args.workdir, args.heads)
@@ -94,4 +94,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from experiments.cli import prepare
+from experiments import cli
 from sfs_jax.evaluation import paired
 
 
@@ -45,7 +45,7 @@ def _pairs(values: list[str], flag: str) -> list[tuple[str, str]]:
 
 def main(argv: list[str]) -> None:
     del argv
-    prepare()
+    cli.prepare()
     args = flags.FLAGS
     if bool(args.per_song) == bool(args.replicates):
         raise app.UsageError("give --per_song (one or more per_song.csv) or --replicates (tag=per_song.csv), "
@@ -66,4 +66,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 
 import jax
-from absl import app, flags
+from absl import flags
 
-from experiments import pipeline
-from experiments.cli import prepare
+from experiments import cli, pipeline
 from experiments.configs import bar_vae as vae_configs
 from experiments.configs import sfs as sfs_configs
 from sfs_jax.music import midi_io
@@ -65,7 +64,7 @@ def compose_song(workdir: Path) -> dict:
 
 def main(argv: list[str]) -> None:
     del argv
-    prepare()
+    cli.prepare()
     workdir = Path(_WORKDIR.value)
     timings = {}
     vae_config = vae_configs.get_config(f"size={_SIZE.value}")
@@ -91,4 +90,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -16,7 +16,7 @@ import logging
 import uvicorn
 from absl import app, flags
 
-from experiments.cli import prepare
+from experiments import cli
 from experiments.composers import composer_factory
 from experiments.generate import newest_checkpoint  # also defines --checkpoint and --runs_dir, read below
 from sfs_jax.serving.app import create_app
@@ -34,7 +34,7 @@ _CHUNK = flags.DEFINE_integer("chunk_tokens", 32, "Tokens per compiled sampler c
 
 def main(argv: list[str]) -> None:
     del argv
-    prepare(quiet=False)  # the server's own INFO log (jobs, warm-up) is what an operator reads
+    cli.prepare(quiet=False)  # the server's own INFO log (jobs, warm-up) is what an operator reads
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         checkpoint = "" if _RANDOM.value else (FLAGS.checkpoint or newest_checkpoint(FLAGS.runs_dir))
@@ -47,4 +47,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -12,11 +12,10 @@ field can be overridden with ``--config.a.b=value``. Resumes from ``--workdir``.
 from __future__ import annotations
 
 import jax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from experiments import pipeline
-from experiments.cli import prepare
+from experiments import cli, pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/sfs.py", "Training config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard and metrics go here.", required=True)
@@ -26,11 +25,11 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initial
 
 def main(argv: list[str]) -> None:
     del argv
-    prepare()
+    cli.prepare()
     if _MULTIHOST.value:
         jax.distributed.initialize()
     pipeline.run(_CONFIG.value, _WORKDIR.value, _WORKERS.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -58,3 +58,82 @@ def test_write_is_atomic_on_failure(tmp_path: Path) -> None:
         midi_io.write_midi(target, np.array([[0, 60, 80, "x"]], dtype=object), 120.0)
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["keep.mid"]
+
+
+def _score(tempos=(), meters=(), notes=((480, 480, 60),), drums=False) -> symusic.Score:
+    """A one-track score at 480 ticks per beat: tempos (tick, bpm), meters (tick, n, d), notes (tick, length, pitch)."""
+    score = symusic.Score(480)
+    for tick, bpm in tempos:
+        score.tempos.append(symusic.Tempo(tick, bpm))
+    for tick, numerator, denominator in meters:
+        score.time_signatures.append(symusic.TimeSignature(tick, numerator, denominator))
+    track = symusic.Track("d" if drums else "p", program=0, is_drum=drums)
+    for tick, length, pitch in notes:
+        track.notes.append(symusic.Note(tick, length, pitch, 80))
+    score.tracks.append(track)
+    return score
+
+
+def _read(tmp_path: Path, score: symusic.Score, name: str) -> midi_io.ParsedMidi:
+    score.dump_midi(tmp_path / name)
+    return midi_io.read_midi(tmp_path / name)
+
+
+def test_tempo_is_the_one_in_force_at_the_first_note(tmp_path: Path) -> None:
+    """A placeholder tempo before the music starts is not the song's tempo; one that changes is reported."""
+    placeholder = _read(tmp_path, _score(tempos=[(0, 13.3), (480, 120.0)]), "placeholder.mid")
+    assert placeholder.tempo_bpm == pytest.approx(120.0) and not placeholder.tempo_varies
+    late = _read(tmp_path, _score(tempos=[(960, 90.0)]), "late.mid")  # nothing in force at the first note
+    assert late.tempo_bpm == pytest.approx(midi_io.DEFAULT_TEMPO_BPM)
+    changing = _read(tmp_path, _score(tempos=[(0, 100.0), (1920, 140.0)],
+                                      notes=[(0, 480, 60), (3840, 480, 62)]), "changing.mid")
+    assert changing.tempo_bpm == pytest.approx(100.0) and changing.tempo_varies
+    assert changing.tempo_span_bpm == pytest.approx((100.0, 140.0), abs=0.01)  # MIDI stores us per beat
+
+
+@pytest.mark.parametrize("meters, reason", [
+    ([(0, 2, 2)], None),  # cut time: a bar of four quarter notes, as 4/4
+    ([(0, 4, 4), (7680, 2, 2)], None),  # the same bar length throughout
+    ([(0, 4, 4), (0, 2, 4)], "not_4_4"),  # two signatures at tick 0: the last is in force
+    ([(0, 4, 4), (7680, 3, 4)], "meter_change"),
+    ([(0, 3, 4)], "not_4_4"),
+])
+def test_meters_by_bar_length_and_the_one_in_force(tmp_path: Path, meters, reason) -> None:
+    path = tmp_path / "m.mid"
+    _score(meters=meters).dump_midi(path)
+    if reason is None:
+        assert len(midi_io.read_midi(path).notes_Nx4) == 1
+    else:
+        with pytest.raises(midi_io.MidiSkip) as skipped:
+            midi_io.read_midi(path)
+        assert skipped.value.reason == reason, skipped.value
+    if meters == [(0, 4, 4), (0, 2, 4)]:
+        assert "2/4" in str(skipped.value)
+
+
+def test_no_notes_is_the_reason_whatever_the_meter(tmp_path: Path) -> None:
+    for name, score, detail in (("empty_cut_time.mid", _score(meters=[(0, 2, 2)], notes=()), "holds no notes"),
+                                ("drums.mid", _score(meters=[(0, 3, 4)], drums=True), "only drum notes")):
+        score.dump_midi(tmp_path / name)
+        with pytest.raises(midi_io.MidiSkip) as skipped:
+            midi_io.read_midi(tmp_path / name)
+        assert skipped.value.reason == "no_pitched_notes" and detail in str(skipped.value), name
+
+
+def test_written_files_are_readable_like_any_other(tmp_path: Path) -> None:
+    """mkstemp's 0600 is not kept: the MIDI gets the mode the umask gives every written file."""
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        path = midi_io.write_midi(tmp_path / "song.mid", scale_notes(2), 120.0)
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_songs_end_at_their_last_bar_line() -> None:
+    from sfs_jax.music.notes import end_at_bar
+
+    notes = np.array([[0, 60, 80, 8], [60, 62, 80, 64], [64, 64, 80, 4]])
+    np.testing.assert_array_equal(end_at_bar(notes, 2), [[0, 60, 80, 8], [60, 62, 80, 4]])

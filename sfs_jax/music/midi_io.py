@@ -52,8 +52,15 @@ class ParsedMidi:
     """A MIDI file on the frame grid: what the dataset builders consume."""
 
     notes_Nx4: np.ndarray
-    tempo_bpm: float
+    tempo_bpm: float  # in force at the first note
     stats: notes_lib.NormalizationStats
+    tempo_span_bpm: tuple[float, float] = (0.0, 0.0)  # slowest and fastest tempo while notes sound
+
+    @property
+    def tempo_varies(self) -> bool:
+        """The tempo changes by more than 10% during the notes (the grid is in beats; the seconds are not kept)."""
+        slowest, fastest = self.tempo_span_bpm
+        return slowest > 0 and fastest > 1.1 * slowest
 
 
 def load_score(path: str | os.PathLike) -> symusic.Score:
@@ -81,20 +88,56 @@ def load_score(path: str | os.PathLike) -> symusic.Score:
         raise MidiSkip("not_midi_or_corrupt", f"{type(err).__name__}: {err}") from err
 
 
+# Meters whose bar is four quarter notes long: the 32-frame bar of the grid (2/2 is "cut time").
+FOUR_QUARTER_METERS = ((4, 4), (2, 2))
+
+
+def meters_in_force(score: symusic.Score) -> list[tuple[int, int]]:
+    """The meters the song uses in time order: at each tick only the last time signature counts.
+
+    A file that writes 4/4 and then 2/4 at tick 0 is in 2/4 from the start; the 4/4 never sounds.
+    """
+    by_tick: dict[int, tuple[int, int]] = {}
+    for ts in sorted(score.time_signatures, key=lambda t: t.time):
+        by_tick[int(ts.time)] = (int(ts.numerator), int(ts.denominator))
+    meters = [by_tick[tick] for tick in sorted(by_tick)]
+    return [m for i, m in enumerate(meters) if i == 0 or m != meters[i - 1]]  # repeats are no change
+
+
 def check_four_four(score: symusic.Score) -> None:
-    """Refuses songs not in a constant 4/4 (no time signature means 4/4 by the MIDI spec)."""
-    meters = [(ts.numerator, ts.denominator) for ts in score.time_signatures]
-    distinct = sorted(set(meters))
-    if len(distinct) > 1:
-        raise MidiSkip("meter_change", " -> ".join(f"{n}/{d}" for n, d in dict.fromkeys(meters)))
-    if distinct and distinct[0] != (4, 4):
-        raise MidiSkip("not_4_4", f"{distinct[0][0]}/{distinct[0][1]}")
+    """Refuses songs whose bar is not a constant four quarter notes (4/4 or 2/2; none means 4/4 by the MIDI spec)."""
+    meters = meters_in_force(score)
+    bar_of = lambda m: FOUR_QUARTER_METERS[0] if m in FOUR_QUARTER_METERS else m
+    if len({bar_of(m) for m in meters}) > 1:
+        raise MidiSkip("meter_change", " -> ".join(f"{n}/{d}" for n, d in meters))
+    if meters and meters[0] not in FOUR_QUARTER_METERS:
+        raise MidiSkip("not_4_4", f"{meters[0][0]}/{meters[0][1]}")
+
+
+def tempo_at(score: symusic.Score, time: float) -> float:
+    """The tempo in force at ``time`` (the score's unit): the last tempo event at or before it, else 120 bpm.
+
+    120 bpm is the MIDI standard's tempo before any tempo event.
+    """
+    tempos = [t for t in sorted(score.tempos, key=lambda t: t.time) if t.time <= time]
+    return float(tempos[-1].qpm) if tempos else DEFAULT_TEMPO_BPM
+
+
+def tempo_span_bpm(score: symusic.Score, first: float, last: float) -> tuple[float, float]:
+    """(slowest, fastest) tempo in force between two times (the song's first and last onset)."""
+    during = [float(t.qpm) for t in score.tempos if first < t.time <= last]
+    in_force = [tempo_at(score, first), *during]
+    return min(in_force), max(in_force)
 
 
 def first_tempo_bpm(score: symusic.Score) -> float:
-    """The tempo in force at the start, so generated MIDI can be written at the song's tempo."""
-    tempos = sorted(score.tempos, key=lambda t: t.time)
-    return float(tempos[0].qpm) if tempos else DEFAULT_TEMPO_BPM
+    """The tempo in force at the first note, so generated MIDI is written at the song's tempo.
+
+    Not the first tempo event: files often carry a placeholder tempo for a beat before
+    the real one (a 13.3 bpm beat before 120 would make a 79 s song last 676 s).
+    """
+    onsets = [track.notes.numpy()["time"].min() for track in score.tracks if not track.is_drum and len(track.notes)]
+    return tempo_at(score, float(min(onsets)) if onsets else 0.0)
 
 
 def _apply_sustain(start: np.ndarray, end: np.ndarray, pedal_start: np.ndarray,
@@ -127,7 +170,8 @@ def merge_tracks(score: symusic.Score) -> RawNotes:
         if track.name.strip().upper() == "MELODY":
             melody.append((start, arr["pitch"].astype(np.int64)))
     if not parts:
-        raise MidiSkip("no_pitched_notes", "no notes outside drum tracks")
+        has_drums = any(track.is_drum and len(track.notes) for track in score.tracks)
+        raise MidiSkip("no_pitched_notes", "only drum notes" if has_drums else "the file holds no notes")
     start, end, pitch, velocity = (np.concatenate(cols) for cols in zip(*parts, strict=True))
     melody_start = np.concatenate([m[0] for m in melody]) if melody else np.zeros(0)
     melody_pitch = np.concatenate([m[1] for m in melody]) if melody else np.zeros(0, np.int64)
@@ -154,15 +198,17 @@ def quantize(raw: RawNotes, beats_of_time: Callable[[np.ndarray], np.ndarray],
 def read_midi(path: str | os.PathLike) -> ParsedMidi:
     """Reads an ordinary MIDI file (own ticks per beat and meter) onto the frame grid."""
     score = load_score(path)
+    raw = merge_tracks(score)  # no notes is the reason to report first, whatever the meter
     check_four_four(score)
-    raw = merge_tracks(score)
     tpq = float(score.ticks_per_quarter)
     if tpq <= 0:
         raise MidiSkip("not_midi_or_corrupt", f"ticks per quarter is {tpq}")
     notes, stats = quantize(raw, lambda t: t / tpq)
     if len(notes) == 0:
         raise MidiSkip("no_pitched_notes", "no notes left after quantization")
-    return ParsedMidi(notes, first_tempo_bpm(score), stats)
+    starts = raw.start
+    return ParsedMidi(notes, first_tempo_bpm(score), stats, tempo_span_bpm(score, float(starts.min()),
+                                                                           float(starts.max())))
 
 
 def notes_to_score(notes_Nx4: np.ndarray, tempo_bpm: float,
@@ -194,11 +240,18 @@ def write_midi(path: str | os.PathLike, notes_Nx4: np.ndarray, tempo_bpm: float,
     os.close(fd)
     try:
         score.dump_midi(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the file is as readable as any other written
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_markers(score: symusic.Score) -> list[tuple[int, str]]:

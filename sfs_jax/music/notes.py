@@ -113,6 +113,18 @@ def notes_in_bars(notes_Nx4: np.ndarray, start_bar: int, end_bar: int) -> np.nda
     return sel
 
 
+def end_at_bar(notes_Nx4: np.ndarray, n_bars: int) -> np.ndarray:
+    """The notes of a song of ``n_bars`` bars: none starts after its last bar line, none rings past it.
+
+    Generated durations can outlast the song (a note of 64 frames in its last bar); the
+    song ends at its bar line, as its structure says.
+    """
+    end = n_bars * FRAMES_PER_BAR
+    kept = notes_Nx4[notes_Nx4[:, ONSET] < end].copy()
+    kept[:, DURATION] = np.minimum(kept[:, DURATION], end - kept[:, ONSET])
+    return kept
+
+
 def bars_spanned(notes_Nx4: np.ndarray) -> int:
     """Number of bars from bar 0 up to the bar holding the last onset (0 if empty)."""
     if len(notes_Nx4) == 0:

@@ -231,8 +231,9 @@ class Composer:
                 for i, notes in enumerate(songs_notes)]
 
     def _song(self, request: ComposeRequest, notes_Nx4: np.ndarray, song_id: str) -> Song:
-        notes = notes_lib.normalize_notes(notes_Nx4)[0]
-        return Song(song_id, notes, request.segments[-1].end_bar, request.tempo_bpm, request.segments, "user")
+        n_bars = request.segments[-1].end_bar
+        notes = notes_lib.end_at_bar(notes_lib.normalize_notes(notes_Nx4)[0], n_bars)
+        return Song(song_id, notes, n_bars, request.tempo_bpm, request.segments, "user")
 
     def _write_segment(self, request: ComposeRequest, order: tuple[int, ...], position: int,
                        songs_notes: list[np.ndarray], key: jax.Array, callbacks: Callbacks,
@@ -256,10 +257,11 @@ class Composer:
                 if callbacks.on_note:
                     frames_done = np.asarray(state.frames_emitted_B)
                     emitted = self._stream_notes(state, window_start, new_bar, frames_done, emitted,
-                                                 order[position], callbacks, final=False)
+                                                 order[position], callbacks, final=False,
+                                                 song_bars=request.segments[-1].end_bar)
             if callbacks.on_note:
                 self._stream_notes(state, window_start, new_bar, None, emitted, order[position], callbacks,
-                                   final=True)
+                                   final=True, song_bars=request.segments[-1].end_bar)
             tokens_BxTx5 = np.asarray(state.tokens_BxTx5)
             for i in range(len(songs_notes)):
                 new = _new_notes(tokens_BxTx5[i], window_start, new_bar, segment.end_bar)
@@ -288,11 +290,12 @@ class Composer:
 
     @staticmethod
     def _stream_notes(state, window_start: int, new_bar: int, frames_done: np.ndarray | None,
-                      emitted: list[int], segment_index: int, callbacks: Callbacks, final: bool) -> list[int]:
-        """Sends each sample's new notes once their bar is complete (durations are final then)."""
+                      emitted: list[int], segment_index: int, callbacks: Callbacks, final: bool,
+                      song_bars: int) -> list[int]:
+        """Sends each sample's new notes once their bar is complete (durations final, cut at the song's end)."""
         tokens_BxTx5 = np.asarray(state.tokens_BxTx5[:, : int(state.step)])
         for i in range(tokens_BxTx5.shape[0]):
-            notes = _new_notes(tokens_BxTx5[i], window_start, new_bar, None)
+            notes = notes_lib.end_at_bar(_new_notes(tokens_BxTx5[i], window_start, new_bar, None), song_bars)
             if not final:
                 complete_bars = max(int(frames_done[i]) - 1, 0) // FRAMES_PER_BAR
                 limit = (window_start + complete_bars) * FRAMES_PER_BAR
