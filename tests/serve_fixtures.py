@@ -23,7 +23,7 @@ from data_pipeline import synthetic
 from experiments.composers import random_composer
 from sfs_jax.music import midi_io
 from sfs_jax.music import notes as notes_lib
-from sfs_jax.serving.app import create_app
+from sfs_jax.serving.app import allowed_hosts_for, create_app
 from sfs_jax.serving.schemas import Limits
 from sfs_jax.serving.server import ServerThread
 from sfs_jax.serving.worker import ModelWorker
@@ -33,6 +33,7 @@ LIMITS = Limits(max_notes=500, max_body_bytes=100_000)
 WARM_TIMEOUT_S = 600
 # Small 16-frame chunks: notes stream early and a cancel lands quickly even on the tiny model.
 CHUNK_TOKENS = 16
+BODY_TIMEOUT_S = 2.0  # short, so the slow-body test waits little
 
 
 @dataclasses.dataclass
@@ -48,8 +49,10 @@ class Served:
 @functools.cache
 def shared_server() -> Served:
     """Starts the server once per process and compiles the model; stopped at interpreter exit."""
+    # As experiments.serve runs it on loopback: only loopback Host names are answered.
     app = create_app(random_composer("tiny", CHUNK_TOKENS), queue_size=QUEUE_SIZE, limits=LIMITS,
-                     warm_structure="A3")
+                     warm_structure="A3", allowed_hosts=allowed_hosts_for("127.0.0.1"),
+                     body_timeout_s=BODY_TIMEOUT_S)
     thread = ServerThread(app)
     url = thread.__enter__()
     atexit.register(thread.__exit__, None, None, None)

@@ -61,7 +61,7 @@ def _job_state(served: Served, job: str) -> dict:
 
 def _idle(served: Served) -> bool:
     queue = httpx.get(f"{served.url}/api/info", timeout=10).json()["queue"]
-    return queue["running"] is None and queue["waiting"] == 0
+    return not queue["busy"] and queue["waiting"] == 0
 
 
 class _Background:
@@ -175,6 +175,13 @@ def test_bar_range_rewrites_only_its_bars_with_the_rest_as_context(served: Serve
     (dict(seed=-1), "seed -1 is outside"),
     (dict(tempo_bpm=5), "tempo 5.0 BPM is outside"),
     (dict(surprise=1), "surprise: Extra inputs are not permitted"),
+    # Strict types: a string, a boolean or a float is not an integer, a string is not a flag.
+    (dict(segments=[{**SEGMENTS[0], "bars": "2"}, *SEGMENTS[1:]]), "segments[0].bars"),
+    (dict(segments=[{**SEGMENTS[0], "bars": True}, *SEGMENTS[1:]]), "segments[0].bars"),
+    (dict(segments=[{**SEGMENTS[0], "seed": "yes"}, *SEGMENTS[1:]]), "segments[0].seed"),
+    (dict(seed="7"), "seed"),
+    (dict(tempo_bpm="96"), "tempo_bpm"),
+    (dict(notes=[[0, 60, 80, 4.5]]), "notes[0][3]"),
 ])
 def test_each_invalid_request_gets_its_own_422_and_no_job(served: Served, overrides: dict, message: str) -> None:
     before = served.worker.jobs_accepted
@@ -198,7 +205,7 @@ def test_oversized_and_malformed_bodies_are_422(served: Served) -> None:
     assert streamed.status_code == 422 and "larger than the limit" in streamed.json()["detail"]
     broken = httpx.post(f"{served.url}/api/generate", content=b"{not json", timeout=30,
                         headers={"Content-Type": "application/json"})
-    assert broken.status_code == 422 and "JSON" in broken.json()["detail"]
+    assert broken.status_code == 422 and broken.json()["detail"].startswith("the request body is not valid JSON")
 
 
 def test_cancel_by_delete_stops_the_worker_within_a_chunk(served: Served) -> None:
@@ -300,3 +307,88 @@ def test_structure_and_fill_order_endpoints(served: Served) -> None:
     song = {"segments": SEGMENTS, "notes": seed_notes().tolist(), "seed": 3}
     order = httpx.post(f"{served.url}/api/order", json=song, timeout=10).json()["order"]
     assert sorted(order) == [1, 2, 3]  # every empty segment, never the seed
+
+
+def test_strict_numbers_in_the_other_endpoints(served: Served) -> None:
+    """/api/order and /api/midi/export refuse what is not a JSON integer or boolean as /api/generate does."""
+    song = {"segments": SEGMENTS, "notes": seed_notes().tolist()}
+    for endpoint, body, field in (("order", {**song, "seed": "yes"}, "seed"),
+                                  ("order", {**song, "segments": [{**SEGMENTS[0], "bars": "8"}]}, "bars"),
+                                  ("midi/export", {**song, "segments": [{**SEGMENTS[0], "bars": True}]}, "bars")):
+        response = httpx.post(f"{served.url}/api/{endpoint}", json=body, timeout=10)
+        assert response.status_code == 422 and field in response.json()["detail"], (endpoint, response.text)
+
+
+@pytest.mark.parametrize("text", ["A\u0668", "B\uff11\uff12", "A8 B\u0663"])
+def test_structures_take_ascii_digits_only(served: Served, text: str) -> None:
+    response = httpx.post(f"{served.url}/api/structure", json={"text": text}, timeout=10)
+    assert response.status_code == 422 and "cannot parse" in response.json()["detail"]
+
+
+def _midi_bytes(tempo_bpm: float = 100.0, marker: str = "A2") -> bytes:
+    score = midi_io.notes_to_score(seed_notes(), 100.0)
+    score.tempos.clear()
+    score.tempos.append(symusic.Tempo(0, tempo_bpm))
+    score.markers.append(symusic.TextMeta(0, marker))
+    return bytes(score.dumps_midi())
+
+
+def test_midi_import_refuses_impossible_tempos_and_odd_markers(served: Served) -> None:
+    """Tempos outside 20..400 BPM are refused with the reason; a marker with thousands of digits is no marker."""
+    for bpm in (3.576, 60_000_000.0):
+        response = httpx.post(f"{served.url}/api/midi/import", content=_midi_bytes(bpm), timeout=10)
+        assert response.status_code == 422 and "outside 20..400" in response.json()["detail"], response.text
+    huge = httpx.post(f"{served.url}/api/midi/import", content=_midi_bytes(marker="A" + "9" * 5000), timeout=10)
+    assert huge.status_code == 200 and huge.json()["segments"] is None
+    assert "is not a segment marker" in huge.json()["warnings"][0]
+    digits = httpx.post(f"{served.url}/api/midi/import", content=_midi_bytes(marker="A\u0662"), timeout=10)
+    assert digits.status_code == 200 and digits.json()["segments"] is None
+
+
+def test_job_ids_stay_with_their_client(served: Served) -> None:
+    """/api/info says whether a job runs, not which: nobody else learns an id to cancel."""
+    job = _Background(served.url, _body(segments=LONG, targets=[1], client="owner"))
+    job_id = job.first("note")["job"] if "job" in job.first("note") else job.first("start")["job"]
+    info = httpx.get(f"{served.url}/api/info", timeout=10).json()
+    assert info["queue"]["busy"] is True and job_id not in json.dumps(info)
+    httpx.delete(f"{served.url}/api/jobs/{job_id}", timeout=10)
+    job.join()
+
+
+def test_foreign_host_headers_are_refused(served: Served) -> None:
+    """A DNS-rebinding page reaches a loopback server with its own name in Host: refused before any work."""
+    for host in ("evil.example", "evil.example:8000", "192.168.1.20"):
+        response = httpx.get(f"{served.url}/api/info", headers={"Host": host}, timeout=10)
+        assert response.status_code == 400 and "is not this server's" in response.json()["detail"], host
+    port = served.url.rsplit(":", 1)[1]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}"):
+        assert httpx.get(f"{served.url}/api/info", headers={"Host": host}, timeout=10).status_code == 200
+
+
+def test_no_page_loads_from_a_cdn(served: Served) -> None:
+    for path in ("/docs", "/redoc"):
+        assert httpx.get(f"{served.url}{path}", timeout=10).status_code == 404
+    assert httpx.get(f"{served.url}/openapi.json", timeout=10).status_code == 200
+
+
+def test_a_body_that_never_arrives_times_out_and_an_aborted_upload_is_quiet(
+        served: Served, caplog: pytest.LogCaptureFixture) -> None:
+    """A client that declares a body and sends half of it gets 408 after the timeout; one that hangs up
+    mid-upload costs an INFO line, not an error traceback."""
+    import socket
+
+    host, port = served.url.removeprefix("http://").split(":")
+    request = (f"POST /api/midi/import HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 1000\r\n"
+               "Content-Type: application/octet-stream\r\n\r\n").encode() + b"MThd"
+    with socket.create_connection((host, int(port)), timeout=30) as slow:
+        slow.sendall(request)
+        started = time.perf_counter()
+        answer = slow.recv(4096).decode("latin-1")
+        assert " 408 " in answer.splitlines()[0] and "did not arrive within" in answer
+        assert time.perf_counter() - started < serve_fixtures.BODY_TIMEOUT_S + 5
+    caplog.set_level("INFO")
+    with socket.create_connection((host, int(port)), timeout=30) as aborted:
+        aborted.sendall(request)
+    time.sleep(1.0)
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], caplog.text
+    assert httpx.get(f"{served.url}/api/info", timeout=10).status_code == 200  # the server is still up

@@ -15,7 +15,9 @@ from collections.abc import Sequence
 import numpy as np
 
 MAX_SONG_BARS = 200
-_TOKEN_RE = re.compile(r"([A-Za-z])(\d+)")
+# ASCII digits only ("A\u0668" is not 8 bars), at most 6 (no song has a million bars; int() of
+# thousands of digits is refused by Python itself).
+_TOKEN_RE = re.compile(r"([A-Za-z])([0-9]{1,6})", re.ASCII)
 
 
 class StructureError(ValueError):

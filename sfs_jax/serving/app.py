@@ -25,7 +25,8 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
@@ -54,14 +55,26 @@ from sfs_jax.serving.schemas import (
 from sfs_jax.serving.worker import TERMINAL_EVENTS, Job, ModelWorker, QueueFull, WorkerUnavailable
 
 STATIC_DIR = Path(__file__).parent / "static"
+log = logging.getLogger(__name__)
 _POLL_S = 1.0  # how often a quiet stream checks that the worker is still alive
 
 
-class BodyLimit:
-    """Refuses bodies above ``max_bytes`` (declared or streamed) with a 422, before any parsing."""
+class _ClientGone(Exception):
+    """The client closed the connection before its request body arrived (an aborted upload)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+
+class BodyLimit:
+    """Guards the request body before any parsing: its size, how long it takes, and aborted uploads.
+
+    A body above ``max_bytes`` (declared or streamed) is refused with a 422; one that
+    does not arrive within ``timeout_s`` (a client holding the connection open while
+    sending nothing) with a 408; a client that disconnects mid-upload is dropped
+    quietly (logged at INFO, not as an error traceback). Once the whole body is in,
+    disconnects pass through: a generation stream reads them to cancel its job.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 10.0) -> None:
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
 
     def _message(self, size: int | None) -> str:
         if size is None:
@@ -76,18 +89,71 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await JSONResponse({"detail": self._message(int(declared))}, 422)(scope, receive, send)
             return
-        received = 0
+        received, body_done = 0, False
 
         async def limited() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=self.timeout_s)
+            except TimeoutError:
+                raise HTTPException(408, f"the request body did not arrive within {self.timeout_s:g} s") from None
+            if message["type"] == "http.disconnect":
+                raise _ClientGone()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > self.max_bytes:
                     raise HTTPException(422, self._message(None))
             return message
 
-        await self.app(scope, limited, send)
+        try:
+            await self.app(scope, limited, send)
+        except _ClientGone:
+            log.info("%s %s: the client went away before its request body arrived", scope.get("method"),
+                     scope.get("path"))
+
+
+class HostCheck:
+    """Refuses requests whose Host header is not this server's (a DNS-rebinding page could drive it otherwise).
+
+    ``allowed`` holds host names without ports; a loopback server allows only loopback names.
+    """
+
+    def __init__(self, app: ASGIApp, allowed: Sequence[str]) -> None:
+        self.app, self.allowed = app, {host.lower().strip("[]") for host in allowed}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            host = host_name(dict(scope["headers"]).get(b"host", b"").decode("latin-1"))
+            if host not in self.allowed:
+                response = JSONResponse({"detail": f"Host {host!r} is not this server's (allowed: "
+                                                   f"{', '.join(sorted(self.allowed))}); see --allowed_hosts"}, 400)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def host_name(header: str) -> str:
+    """The host of a Host header, without port or IPv6 brackets: '[::1]:8000' -> '::1'."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else header[1:]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def allowed_hosts_for(bind_host: str, configured: Sequence[str] = ()) -> tuple[str, ...] | None:
+    """The Host names a server bound to ``bind_host`` answers: the configured ones, else loopback names for a
+    loopback server, else None (any: a server bound to every interface is reached by names it cannot know)."""
+    if configured:
+        return tuple(configured)
+    if host_name(bind_host) in LOOPBACK_HOSTS or bind_host.startswith("127."):
+        return (*LOOPBACK_HOSTS, host_name(bind_host))
+    return None
 
 
 def _location(loc: tuple) -> str:
@@ -98,8 +164,15 @@ def _location(loc: tuple) -> str:
     return text or "body"
 
 
+def _message(error: dict) -> str:
+    if error.get("type") == "json_invalid":
+        reason = error.get("ctx", {}).get("error", "not JSON")
+        return f"the request body is not valid JSON ({reason} at character {error.get('loc', (0, 0))[-1]})"
+    return f"{_location(tuple(error.get('loc', ())))}: {error.get('msg', 'invalid')}"
+
+
 def _readable(err: RequestValidationError) -> JSONResponse:
-    messages = [f"{_location(tuple(e.get('loc', ())))}: {e.get('msg', 'invalid')}" for e in err.errors()]
+    messages = [_message(e) for e in err.errors()]
     return JSONResponse({"detail": messages[0] if messages else "invalid request", "errors": messages}, 422)
 
 
@@ -127,10 +200,14 @@ async def _event_stream(worker: ModelWorker, job: Job, events: asyncio.Queue) ->
 
 
 def create_app(composer: Composer | Callable[[], Composer], *, queue_size: int = 4, limits: Limits | None = None,
-               warm_structure: str | None = None, static_dir: Path = STATIC_DIR) -> FastAPI:
+               warm_structure: str | None = None, static_dir: Path = STATIC_DIR,
+               allowed_hosts: Sequence[str] | None = None, body_timeout_s: float = 10.0) -> FastAPI:
     """The app with its own worker; ``composer`` may be a factory, called on the worker thread at start-up.
 
     The worker starts and compiles when the app starts (lifespan) and stops with it.
+    ``allowed_hosts``: Host names it answers (None: any; ``experiments.serve`` passes
+    the bound address's, ``allowed_hosts_for``). No page loads anything from a CDN: the
+    interactive API docs (which would) are off; ``/openapi.json`` describes the API.
     """
     limits = limits or Limits()
     worker = ModelWorker(composer, queue_size=queue_size, warm_structure=warm_structure)
@@ -143,10 +220,12 @@ def create_app(composer: Composer | Callable[[], Composer], *, queue_size: int =
         finally:
             await run_in_threadpool(worker.stop)
 
-    app = FastAPI(title="sfs-jax co-creation", lifespan=lifespan)
+    app = FastAPI(title="sfs-jax co-creation", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.worker = worker
     app.state.limits = limits
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, timeout_s=body_timeout_s)
+    if allowed_hosts is not None:
+        app.add_middleware(HostCheck, allowed=allowed_hosts)  # added last: runs first
 
     @app.exception_handler(InvalidRequest)
     async def invalid(_: Request, err: InvalidRequest) -> JSONResponse:

@@ -20,9 +20,10 @@ import numpy as np
 from sfs_jax.music import midi_io
 from sfs_jax.music import notes as notes_lib
 from sfs_jax.music.structure import MAX_SONG_BARS
-from sfs_jax.serving.schemas import InvalidRequest, Limits, ValidSong
+from sfs_jax.serving.schemas import MAX_TEMPO_BPM, MIN_TEMPO_BPM, InvalidRequest, Limits, ValidSong
 
-_MARKER_RE = re.compile(r"^\s*([A-Za-z])(\d+)(\s+seed)?\s*$")
+# ASCII digits, at most 6: a marker "A" with 5,000 digits is not a segment (and int() would refuse it).
+_MARKER_RE = re.compile(r"^\s*([A-Za-z])([0-9]{1,6})(\s+seed)?\s*$", re.ASCII)
 
 
 @dataclasses.dataclass
@@ -83,7 +84,13 @@ def import_midi(data: bytes, limits: Limits) -> ImportedMidi:
         raise InvalidRequest(f"not a usable MIDI file: {err}") from err
     finally:
         os.unlink(path)
+    if not MIN_TEMPO_BPM <= parsed.tempo_bpm <= MAX_TEMPO_BPM:
+        raise InvalidRequest(f"the file's tempo at its first note is {parsed.tempo_bpm:.4g} BPM, outside "
+                             f"{MIN_TEMPO_BPM:g}..{MAX_TEMPO_BPM:g}: not a playable song tempo")
     warnings = []
+    if parsed.tempo_varies:
+        warnings.append(f"the tempo changes from {parsed.tempo_span_bpm[0]:.4g} to {parsed.tempo_span_bpm[1]:.4g} "
+                        f"BPM; the song keeps {parsed.tempo_bpm:.4g} BPM, its tempo at the first note")
     notes = parsed.notes_Nx4
     n_bars = notes_lib.bars_spanned(notes)
     if n_bars > MAX_SONG_BARS:

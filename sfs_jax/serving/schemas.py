@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
 from sfs_jax.music import notes as notes_lib
 from sfs_jax.music.structure import MAX_SONG_BARS, Segment, StructureError, segments_from_lengths
@@ -42,41 +42,47 @@ class Limits:
 
 
 class _Body(BaseModel):
+    """Unknown fields are refused, and numbers and flags must be JSON numbers and booleans
+    (``"8"``, ``true`` and ``"yes"`` are not 8 bars, 1 bar or a seed)."""
+
     model_config = ConfigDict(extra="forbid")
+
+
+Number = StrictFloat | StrictInt  # a JSON number, integer or not
 
 
 class SegmentIn(_Body):
     """One segment of the structure bar: a one-letter label, its length, and the seed flag."""
 
     label: str = Field(max_length=8)
-    bars: int
-    seed: bool = False
+    bars: StrictInt
+    seed: StrictBool = False
 
 
 class SongIn(_Body):
     """The song as the browser holds it. Notes are rows [onset_frame, pitch, velocity, duration_frames]."""
 
     segments: list[SegmentIn] = Field(min_length=1)
-    tempo_bpm: float = 100.0
-    notes: list[tuple[int, int, int, int]] = Field(default_factory=list)
+    tempo_bpm: Number = 100.0
+    notes: list[tuple[StrictInt, StrictInt, StrictInt, StrictInt]] = Field(default_factory=list)
 
 
 class SamplingIn(_Body):
     """The knobs shown in the app; the same values and seed reproduce a take."""
 
-    temperature: float = 1.0
-    top_p: float = 0.975
-    top_k: int = 0
+    temperature: Number = 1.0
+    top_p: Number = 0.975
+    top_k: StrictInt = 0
 
 
 class GenerateIn(SongIn):
     """Write ``targets`` (segment indices, in this order) or the bars ``bar_range`` = [start, end)."""
 
     client: str = Field("", max_length=100)
-    targets: list[int] | None = None
-    bar_range: tuple[int, int] | None = None
+    targets: list[StrictInt] | None = None
+    bar_range: tuple[StrictInt, StrictInt] | None = None
     sampling: SamplingIn = Field(default_factory=SamplingIn)
-    seed: int = 0
+    seed: StrictInt = 0
 
 
 class StructureIn(_Body):
@@ -88,7 +94,7 @@ class StructureIn(_Body):
 class OrderIn(SongIn):
     """Asks for the default order in which "fill empty segments" writes them."""
 
-    seed: int = 0
+    seed: StrictInt = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +127,7 @@ def validate_song(body: SongIn, limits: Limits) -> ValidSong:
         named = " and ".join(f"{i} ({segments[i].label}{segments[i].n_bars})" for i in seeds)
         raise InvalidRequest(f"two seeds: segments {named} are all marked as the seed; mark at most one")
     if not MIN_TEMPO_BPM <= body.tempo_bpm <= MAX_TEMPO_BPM:
-        raise InvalidRequest(f"tempo {body.tempo_bpm} BPM is outside {MIN_TEMPO_BPM:g}..{MAX_TEMPO_BPM:g}")
+        raise InvalidRequest(f"tempo {float(body.tempo_bpm)} BPM is outside {MIN_TEMPO_BPM:g}..{MAX_TEMPO_BPM:g}")
     notes = check_notes(body.notes, segments[-1].end_bar, limits)
     return ValidSong(segments, seeds[0] if seeds else None, notes, float(body.tempo_bpm))
 

@@ -205,8 +205,9 @@ class ModelWorker:
                 "uses_global_view": base.vae is not None}
             return {"warm": self.warm, "loading": not self.warm and self._failure is None, "failure": self._failure,
                     "warmup_seconds": self.warmup_seconds, "model": model, "jobs_accepted": self.jobs_accepted,
+                    # Whether a job runs, not its id: ids stay with the client that made the job.
                     "queue": {"capacity": self.queue_size, "waiting": len(self._queue),
-                              "running": None if self._running is None else self._running.id}}
+                              "busy": self._running is not None}}
 
     # -- the thread ------------------------------------------------------------------------------
 
