@@ -264,3 +264,47 @@ def test_takes_bar_ranges_and_fill_order(page, tmp_path: Path) -> None:
     assert page.evaluate(outside) == before
     assert page.evaluate("sfsApp.doc.notes.filter(n => n.onset >= 128 && n.onset < 160).length") > 0
     assert _fill_chips(page) == 0  # C has notes now: nothing left to fill
+
+
+def test_fields_files_and_panels_stay_truthful(page, tmp_path: Path) -> None:
+    """An empty temperature is the default (not greedy 0); project files are checked as the server checks
+    songs; the structure field follows the song while focused but untouched; the fill button and the header
+    say what is there."""
+    page.fill("#temperature", "")
+    assert page.evaluate("sfsApp.sampling().temperature") == 1 and page.input_value("#temperature") == "1"
+
+    _set_structure(page, "A1 B1")
+    page.click("#structure-text")
+    page.evaluate("document.getElementById('seg-split').disabled = false; sfsApp.ui.selectedSegment = 0; "
+                  "document.getElementById('seg-add').click()")
+    page.wait_for_function("document.getElementById('structure-text').value !== 'A1 B1'")
+    assert page.input_value("#structure-text") == page.get_attribute("body", "data-structure")
+    page.keyboard.press("Escape")
+
+    _set_structure(page, "A1")
+    assert _fill_chips(page) == 1 and page.text_content("#gen-fill") == "Fill 1 empty segment"
+    page.evaluate("sfsApp.commit('add', () => sfsApp.addNote({onset: 0, pitch: 60, velocity: 80, duration: 8}))")
+    page.wait_for_function("document.getElementById('fill-order').textContent === 'No empty segments.'")
+    assert page.text_content("#gen-fill") == "Fill empty segments"
+    assert page.text_content("#note-count").startswith("1 notes")
+
+    good = {"format": "sfs-jax-project", "version": 1, "segments": [{"label": "A", "bars": 2, "seed": False}],
+            "tempo_bpm": 100, "notes": [[0, 60, 80, 8]]}
+    bad_projects = {
+        "half_bar": {**good, "segments": [{"label": "A", "bars": 2.5}]},
+        "huge": {**good, "segments": [{"label": "A", "bars": 1_000_000}]},
+        "too_many": {**good, "segments": [{"label": "A", "bars": 1}] * 300},
+        "text_note": {**good, "notes": [[0, "60", 80, 8]]},
+        "tempo": {**good, "tempo_bpm": 1000},
+    }
+    for name, project in bad_projects.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(project))
+        page.set_input_files("#project-file", str(path))
+        page.wait_for_function("document.getElementById('toast').textContent.startsWith('Open failed')")
+        assert page.get_attribute("body", "data-structure") == "A1", name
+        page.evaluate("document.getElementById('toast').textContent = ''")
+    path = tmp_path / "good.json"
+    path.write_text(json.dumps(good))
+    page.set_input_files("#project-file", str(path))
+    page.wait_for_selector("body[data-structure='A2']")

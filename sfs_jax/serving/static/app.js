@@ -141,6 +141,7 @@ class App {
 
   notesChanged() {
     document.body.dataset.notes = String(this.doc.notes.length);
+    $("note-count").textContent = `${this.doc.notes.length} notes · ${this.totalBars()} bars`;
     this.roll.redraw();
   }
 
@@ -166,7 +167,8 @@ class App {
     $("seg-delete").disabled = busy || this.doc.segments.length < 2;
     $("seg-seed").textContent = seg && seg.seed ? "Unmark seed" : "Mark as seed";
     if (document.activeElement !== $("seg-label")) $("seg-label").value = seg ? seg.label : "";
-    if (document.activeElement !== $("structure-text")) $("structure-text").value = song.structureText(this.doc.segments);
+    // The text follows the song unless the user has typed into it since (then it waits for Apply or Esc).
+    if (!this.ui.structureEdited) $("structure-text").value = song.structureText(this.doc.segments);
   }
 
   renderStructure() {
@@ -390,6 +392,7 @@ class App {
   }
 
   async applyStructureText(text) {
+    this.ui.structureEdited = false;
     try {
       const parsed = await postJSON("/api/structure", { text });
       this.commit("change structure", () => song.setStructure(this.doc, parsed.segments));
@@ -450,7 +453,11 @@ class App {
       this.commit(`import ${file.name}`, () => {
         this.doc = { segments, notes: this.rowsToNotes(data.notes), tempo: data.tempo_bpm, takes: {} };
       });
-      const how = data.segments ? "structure restored from its markers" : "no segment markers: one segment";
+      this.clearContexts();
+      const markersRefused = data.warnings.some((w) => w.startsWith("structure not restored"));
+      const how = data.segments ? "structure restored from its markers"
+        : markersRefused ? "its segment markers could not be used (see the warning): one segment"
+          : "no segment markers: one segment";
       this.setStatus("idle", `Imported ${file.name}: ${data.notes.length} notes, ${how}.`);
       if (data.warnings.length) this.toast(data.warnings.join("; "));
     } catch (err) {
@@ -498,11 +505,13 @@ class App {
       if (p.format !== "sfs-jax-project" || !Array.isArray(p.segments) || !Array.isArray(p.notes)) {
         throw new Error("not an sfs-jax project file");
       }
-      const segments = p.segments.map((s) => ({ label: String(s.label), bars: Number(s.bars), seed: !!s.seed }));
-      if (segments.some((s) => !/^[A-Za-z]$/.test(s.label) || !(s.bars >= 1))) throw new Error("the project's structure is invalid");
+      const problem = this.projectProblem(p);
+      if (problem) throw new Error(problem);
+      const segments = p.segments.map((s) => ({ label: s.label, bars: s.bars, seed: s.seed === true }));
       this.commit(`open ${file.name}`, () => {
-        this.doc = { segments, notes: this.rowsToNotes(p.notes), tempo: Number(p.tempo_bpm) || 100, takes: p.takes || {} };
+        this.doc = { segments, notes: this.rowsToNotes(p.notes), tempo: p.tempo_bpm ?? 100, takes: p.takes || {} };
       });
+      this.clearContexts();
       if (p.sampling) this.setSampling(p.sampling, p.seed);
       this.setStatus("idle", `Opened ${file.name}.`);
     } catch (err) {
@@ -510,9 +519,49 @@ class App {
     }
   }
 
+  /** Why a project file is not a song the server would take (its own checks: schemas.validate_song), or null. */
+  projectProblem(p) {
+    const limits = (this.info && this.info.limits) || { max_segments: 100, max_notes: 20000, max_note_frames: 512 };
+    const maxBars = this.maxBars || 200;
+    const isInt = (v) => typeof v === "number" && Number.isInteger(v);
+    if (p.segments.length < 1 || p.segments.length > limits.max_segments) {
+      return `it has ${p.segments.length} segments (1..${limits.max_segments} allowed)`;
+    }
+    for (const [i, s] of p.segments.entries()) {
+      if (typeof s.label !== "string" || !/^[A-Za-z]$/.test(s.label)) return `segment ${i}: the label must be one letter`;
+      if (!isInt(s.bars) || s.bars < 1) return `segment ${i}: ${JSON.stringify(s.bars)} is not a whole number of bars >= 1`;
+      if (s.seed !== undefined && typeof s.seed !== "boolean") return `segment ${i}: the seed flag must be true or false`;
+    }
+    const bars = p.segments.reduce((n, s) => n + s.bars, 0);
+    if (bars > maxBars) return `its structure has ${bars} bars, more than the limit of ${maxBars}`;
+    if (p.segments.filter((s) => s.seed === true).length > 1) return "more than one segment is marked as the seed";
+    if (p.tempo_bpm !== undefined && !(typeof p.tempo_bpm === "number" && p.tempo_bpm >= 20 && p.tempo_bpm <= 400)) {
+      return `tempo ${JSON.stringify(p.tempo_bpm)} is not a number of BPM in 20..400`;
+    }
+    if (p.notes.length > limits.max_notes) return `it has ${p.notes.length} notes (the limit is ${limits.max_notes})`;
+    const frames = bars * FRAMES_PER_BAR;
+    const bad = p.notes.findIndex((r) => !Array.isArray(r) || r.length !== 4 || !r.every(isInt)
+      || r[0] < 0 || r[0] >= frames || r[1] < 21 || r[1] > 108 || r[2] < 1 || r[2] > 127 || r[3] < 1 || r[3] > limits.max_note_frames);
+    if (bad >= 0) return `note ${bad} ${JSON.stringify(p.notes[bad])} is not [onset, pitch, velocity, duration] inside the song`;
+    return null;
+  }
+
+  clearContexts() {
+    this.ui.contexts = [];
+    this.renderContexts();
+  }
+
   // -- generation -------------------------------------------------------------------------------
   sampling() {
-    return { temperature: Number($("temperature").value), top_p: Number($("top-p").value), top_k: Number($("top-k").value) };
+    // An empty or unreadable field is its default, not 0 (temperature 0 would be greedy decoding).
+    const defaults = (this.info && this.info.sampling_defaults) || { temperature: 1, top_p: 0.975, top_k: 0 };
+    const read = (id, key) => {
+      const text = $(id).value.trim();
+      const value = Number(text);
+      if (text === "" || !Number.isFinite(value)) { $(id).value = String(defaults[key]); return defaults[key]; }
+      return value;
+    };
+    return { temperature: read("temperature", "temperature"), top_p: read("top-p", "top_p"), top_k: read("top-k", "top_k") };
   }
 
   seed() {
@@ -562,7 +611,11 @@ class App {
     const box = $("fill-order");
     box.replaceChildren();
     const segs = this.segmentBars();
-    if (!this.ui.fillOrder.length) { box.textContent = "No empty segments."; return; }
+    if (!this.ui.fillOrder.length) {
+      box.textContent = "No empty segments.";
+      $("gen-fill").textContent = "Fill empty segments";
+      return;
+    }
     this.ui.fillOrder.forEach((index, position) => {
       const s = segs[index];
       if (!s) return;
@@ -606,8 +659,9 @@ class App {
     try {
       final = await streamGenerate(body, (event) => this.onEvent(gen, event), gen.abort.signal);
     } catch (err) {
-      final = { event: "error", message: err.name === "AbortError" ? "cancelled before the server answered" : err.message,
-        refused: err.status };
+      // An abort after the server took the job (its start event came) is a plain cancel.
+      const aborted = gen.job ? "cancelled" : "cancelled before the server answered";
+      final = { event: "error", message: err.name === "AbortError" ? aborted : err.message, refused: err.status };
     }
     this.finish(gen, final);
   }
@@ -783,7 +837,14 @@ class App {
       this.commit("change tempo", () => { this.doc.tempo = tempo; });
     });
     $("structure-apply").addEventListener("click", () => this.applyStructureText($("structure-text").value));
-    $("structure-text").addEventListener("keydown", (e) => { if (e.key === "Enter") this.applyStructureText(e.target.value); });
+    $("structure-text").addEventListener("input", () => { this.ui.structureEdited = true; });
+    $("structure-text").addEventListener("blur", () => {
+      if (this.ui.structureEdited && $("structure-text").value === song.structureText(this.doc.segments)) this.ui.structureEdited = false;
+    });
+    $("structure-text").addEventListener("keydown", (e) => {
+      if (e.key === "Enter") this.applyStructureText(e.target.value);
+      if (e.key === "Escape") { this.ui.structureEdited = false; e.target.value = song.structureText(this.doc.segments); }
+    });
     $("presets").addEventListener("change", (e) => {
       if (e.target.value) this.applyStructureText(e.target.value);
       e.target.value = "";
