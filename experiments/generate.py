@@ -78,7 +78,10 @@ def build_request(structure: str, seed_midi: str, seed_segment: int | None, seed
     if seed_midi:
         if not Path(seed_midi).is_file():
             raise FileNotFoundError(f"--seed_midi {seed_midi} does not exist")
-        parsed = midi_io.read_midi(seed_midi)
+        try:
+            parsed = midi_io.read_midi(seed_midi)
+        except midi_io.MidiSkip as err:
+            raise midi_io.MidiSkip(err.reason, f"--seed_midi {seed_midi} is not usable: {err.detail}") from err
         seed_notes, seed_tempo = parsed.notes_Nx4, parsed.tempo_bpm
         if parsed.tempo_varies:
             logging.warning("the seed's tempo changes from %.1f to %.1f bpm; the song is written at %.1f bpm (its "

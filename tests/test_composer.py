@@ -33,7 +33,7 @@ from sfs_jax.sampling.composer import (
     window_steps,
 )
 from sfs_jax.sampling.segment import SamplingConfig
-from tests.conftest import REPO_ROOT, live_tiny_config
+from tests.conftest import REPO_ROOT, live_tiny_config, scale_notes
 
 STRUCTURE = "A2 B3 A2 C1"  # B is longer than the 2-bar window: it slides one bar at a time
 TINY_EXAMPLES = ExampleConfig(window_bars=2, context_bars=2, target_buckets=(96, 128, 192, 256),
@@ -173,15 +173,26 @@ def test_generate_inputs_are_checked_first(args: dict, message: str) -> None:
         generate.build_request(**kwargs)
 
 
-def test_generate_cli_refuses_bad_input_without_writing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("seed_kind, reason", [("garbage", "not_midi_or_corrupt"), ("three_four", "not_4_4")])
+def test_generate_cli_refuses_bad_input_reason_first_without_writing(tmp_path: Path, seed_kind: str,
+                                                                     reason: str) -> None:
+    """The refusal is the first line of stderr (not after the flag list), and nothing is written."""
     bad_seed = tmp_path / "bad.mid"
-    bad_seed.write_bytes(b"MThd garbage")
+    if seed_kind == "garbage":
+        bad_seed.write_bytes(b"MThd garbage")
+    else:
+        score = midi_io.notes_to_score(scale_notes(4), 100.0)
+        score.time_signatures.clear()
+        score.time_signatures.append(symusic.TimeSignature(0, 3, 4))
+        score.dump_midi(bad_seed)
     out = tmp_path / "out"
     result = subprocess.run([sys.executable, "-m", "experiments.generate", "--structure=A8 B8",
                              f"--seed_midi={bad_seed}", f"--out={out}", f"--runs_dir={tmp_path}"],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
-    assert "not_midi_or_corrupt" in result.stderr + result.stdout
+    first = next(line for line in result.stderr.splitlines() if line.strip())
+    assert first.startswith("error:") and reason in first and "is not usable" in first, result.stderr[-1000:]
+    assert "--structure:" not in result.stderr  # no flag list
     assert not out.exists()
 
 

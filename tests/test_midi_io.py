@@ -137,3 +137,23 @@ def test_songs_end_at_their_last_bar_line() -> None:
 
     notes = np.array([[0, 60, 80, 8], [60, 62, 80, 64], [64, 64, 80, 4]])
     np.testing.assert_array_equal(end_at_bar(notes, 2), [[0, 60, 80, 8], [60, 62, 80, 4]])
+
+
+def test_one_out_of_range_controller_byte_does_not_cost_the_song(tmp_path: Path) -> None:
+    """A controller value of 200 (a broken byte): the strict parser refuses the file, the tolerant walk
+    clamps that data byte and every note is read."""
+    score = _score(notes=[(i * 480, 240, 60 + i) for i in range(8)])
+    score.tracks[0].controls.append(symusic.ControlChange(0, 7, 100))
+    data = bytes(score.dumps_midi())
+    at = data.find(bytes([0xB0, 7, 100]))
+    assert at > 0
+    broken = tmp_path / "broken_controller.mid"
+    broken.write_bytes(data[:at + 2] + bytes([200]) + data[at + 3:])
+    with pytest.raises(RuntimeError):
+        symusic.Score(str(broken))  # the premise: a strict reader gives up
+    notes = midi_io.read_midi(broken).notes_Nx4
+    np.testing.assert_array_equal(notes[:, 1], np.arange(60, 68))
+    truncated = tmp_path / "truncated.mid"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(midi_io.MidiSkip, match="not_midi_or_corrupt"):
+        midi_io.read_midi(truncated)

@@ -85,7 +85,70 @@ def load_score(path: str | os.PathLike) -> symusic.Score:
     try:
         return symusic.Score(str(path))
     except Exception as err:  # symusic raises RuntimeError/ValueError/... on bad bytes
+        repaired = clamp_data_bytes(path.read_bytes())
+        if repaired is not None:
+            try:  # a data byte above 127 (a broken controller value) need not cost the whole song
+                return symusic.Score.from_midi(repaired)
+            except Exception:  # the original error is the one to report
+                pass
         raise MidiSkip("not_midi_or_corrupt", f"{type(err).__name__}: {err}") from err
+
+
+def _read_vlq(data: bytes, pos: int) -> tuple[int, int]:
+    """A MIDI variable-length quantity at ``pos``: (value, position after it)."""
+    value = 0
+    for _ in range(4):
+        byte = data[pos]
+        pos += 1
+        value = (value << 7) | (byte & 0x7F)
+        if byte < 0x80:
+            return value, pos
+    raise ValueError("variable-length quantity longer than 4 bytes")
+
+
+def clamp_data_bytes(data: bytes) -> bytes | None:
+    """The file with every channel-message data byte clamped to 0..127, or None when nothing changes or it
+    cannot be walked.
+
+    A tolerant reader (as mido's ``clip``) reads the data bytes a channel message
+    must have and clips them; strict readers refuse the whole file for one bad
+    controller value. Meta and system-exclusive events are copied as they are.
+    """
+    out, pos, changed = bytearray(), 0, False
+    try:
+        while pos + 8 <= len(data):
+            kind, length = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "big")
+            chunk = bytearray(data[pos:pos + 8 + length])
+            if kind == b"MTrk":
+                changed |= _clamp_track(chunk, 8, 8 + length)
+            out += chunk
+            pos += 8 + length
+    except (IndexError, ValueError):
+        return None
+    return bytes(out) if changed else None
+
+
+def _clamp_track(chunk: bytearray, pos: int, end: int) -> bool:
+    changed, status = False, 0
+    while pos < end:
+        _, pos = _read_vlq(chunk, pos)  # delta time
+        if chunk[pos] >= 0x80:
+            status = chunk[pos]
+            pos += 1
+        if status == 0xFF:  # meta: type, length, data
+            length, pos = _read_vlq(chunk, pos + 1)
+            pos += length
+        elif status in (0xF0, 0xF7):  # system exclusive: length, data
+            length, pos = _read_vlq(chunk, pos)
+            pos += length
+        elif 0x80 <= status < 0xF0:
+            for _ in range(1 if 0xC0 <= status < 0xE0 else 2):
+                if chunk[pos] > 0x7F:
+                    chunk[pos], changed = 0x7F, True
+                pos += 1
+        else:
+            raise ValueError(f"no status byte at {pos}")
+    return changed
 
 
 # Meters whose bar is four quarter notes long: the 32-frame bar of the grid (2/2 is "cut time").
