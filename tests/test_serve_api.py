@@ -392,3 +392,45 @@ def test_a_body_that_never_arrives_times_out_and_an_aborted_upload_is_quiet(
     time.sleep(1.0)
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], caplog.text
     assert httpx.get(f"{served.url}/api/info", timeout=10).status_code == 200  # the server is still up
+
+
+def _odd_values(rng: np.random.Generator) -> list:
+    """Values a careless or hostile client sends in any field."""
+    return [None, True, -1, 0, 10**30, -(10**30), 1e308, 2.5, "", "8", "A" + "9" * 5000, "\u0668", [], {},
+            [[[]]], {"a": {"b": {"c": []}}}, [1, "x", None], list(range(50)), "x" * 10_000,
+            int(rng.integers(-(2**62), 2**62)), float(rng.normal() * 1e6)]
+
+
+def test_no_input_makes_the_server_fail(served: Served) -> None:
+    """Every field of every endpoint replaced by odd values (and raw bodies that are not JSON at all):
+    always a 4xx answer with a reason, never a 5xx, and the server keeps answering."""
+    rng = np.random.default_rng(0)
+    song = {"segments": SEGMENTS, "tempo_bpm": 96.0, "notes": seed_notes().tolist()}
+    # generate writes one 1-bar segment when an odd value happens to be valid (a client name, a seed)
+    bodies = {"generate": _body(targets=[3]), "order": {**song, "seed": 1}, "midi/export": song,
+              "structure": {"text": "A8"}}
+    statuses = []
+    for endpoint, body in bodies.items():
+        for field in [*body, "sampling"] if endpoint == "generate" else list(body):
+            for value in _odd_values(rng):
+                odd = {**body, field: value}
+                response = httpx.post(f"{served.url}/api/{endpoint}", json=odd, timeout=30)
+                if response.status_code == 200 and endpoint == "generate":
+                    continue  # a request that happens to be valid streams normally
+                statuses.append(response.status_code)
+                assert response.status_code < 500, (endpoint, field, repr(value)[:80], response.text[:300])
+                if response.status_code >= 400:
+                    assert response.json()["detail"], (endpoint, field)
+        for raw in (b"", b"NaN", b"[1, 2", b"\xff\xfe\x00", b'{"segments": ' * 200, b"null", b"1e999"):
+            response = httpx.post(f"{served.url}/api/{endpoint}", content=raw, timeout=30,
+                                  headers={"Content-Type": "application/json"})
+            statuses.append(response.status_code)
+            assert 400 <= response.status_code < 500, (endpoint, raw[:20], response.text[:200])
+    for raw in (b"", b"MThd", b"MThd\x00\x00\x00\x06\x00\x01\x00\x01\x01\xe0MTrk\xff\xff\xff\xff", bytes(range(256))):
+        response = httpx.post(f"{served.url}/api/midi/import", content=raw, timeout=30)
+        assert 400 <= response.status_code < 500, (raw[:20], response.text[:200])
+    for path in ("/api/jobs/" + "x" * 5000, "/api/jobs/%00", "/api/nothing"):
+        assert httpx.get(f"{served.url}{path}", timeout=10).status_code < 500
+        assert httpx.delete(f"{served.url}{path}", timeout=10).status_code < 500
+    assert len(statuses) > 200 and httpx.get(f"{served.url}/api/info", timeout=10).json()["warm"]
+    _wait(lambda: _idle(served), what="the queue to drain")
