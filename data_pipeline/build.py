@@ -13,6 +13,8 @@ unless ``--overwrite`` is given; a failed build leaves any previous one intact
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -54,7 +56,10 @@ def build(config_name: str, data_dir: str | os.PathLike, manual_dir: str | None 
     if overwrite and folder.exists():
         shutil.rmtree(folder)
         builder = Builder(config=config, data_dir=str(data_dir), workers=workers)
-    builder.download_and_prepare(download_config=download_config, file_format="array_record")
+    # TFDS prints "Downloading and preparing dataset Unknown size ..." for a build that downloads
+    # nothing; its progress bars (stderr) stay, our report says what was built.
+    with contextlib.redirect_stdout(io.StringIO()):
+        builder.download_and_prepare(download_config=download_config, file_format="array_record")
     if builder.last_report is not None:
         report_lib.write_report(builder.last_report, folder)
         return folder, builder.last_report

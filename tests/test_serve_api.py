@@ -434,3 +434,21 @@ def test_no_input_makes_the_server_fail(served: Served) -> None:
         assert httpx.delete(f"{served.url}{path}", timeout=10).status_code < 500
     assert len(statuses) > 200 and httpx.get(f"{served.url}/api/info", timeout=10).json()["warm"]
     _wait(lambda: _idle(served), what="the queue to drain")
+
+
+def test_a_client_that_leaves_while_nothing_streams_is_noticed(served: Served) -> None:
+    """A tab closed while its job waits in the queue (no event to write) is noticed by polling, not at the
+    next write: the job is cancelled within seconds, before it would have run."""
+    blocker = _Background(served.url, _body(segments=LONG, targets=[1], client="blocker2"))
+    blocker.first("note")
+    events = stream_events(served.url, _body(targets=[3], client="closed-tab"),
+                           stop_after=lambda e: e["event"] == "start")
+    job_id = events[0]["job"]
+    assert events[0]["queue_position"] >= 1
+    started = time.perf_counter()
+    _wait(lambda: _job_state(served, job_id)["state"] == "cancelled", 10, "the waiting job of a closed tab")
+    assert time.perf_counter() - started < 5
+    assert _job_state(served, job_id)["cancel_reason"] == "the client disconnected"
+    httpx.delete(f"{served.url}/api/jobs/{blocker.first('start')['job']}", timeout=10)
+    blocker.join()
+    _wait(lambda: _idle(served), 10, "the worker to be idle")

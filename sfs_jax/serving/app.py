@@ -180,8 +180,14 @@ def _line(event: dict) -> str:
     return json.dumps(event, separators=(",", ":")) + "\n"
 
 
-async def _event_stream(worker: ModelWorker, job: Job, events: asyncio.Queue) -> AsyncIterator[str]:
-    """The job's events as NDJSON lines until its terminal event; leaving early cancels the job."""
+async def _event_stream(worker: ModelWorker, job: Job, events: asyncio.Queue,
+                        request: Request | None = None) -> AsyncIterator[str]:
+    """The job's events as NDJSON lines until its terminal event; leaving early cancels the job.
+
+    A client that goes away is noticed at the next write, or within ``_POLL_S`` while
+    nothing is written (a job waiting in the queue, a segment before its first note):
+    a closed tab never keeps the model busy.
+    """
     try:
         while True:
             try:
@@ -190,6 +196,8 @@ async def _event_stream(worker: ModelWorker, job: Job, events: asyncio.Queue) ->
                 if not worker.alive and not job.finished:
                     yield _line({"event": "error", "job": job.id, "message": "the model worker stopped"})
                     return
+                if request is not None and await request.is_disconnected():
+                    return  # the finally cancels the job
                 continue
             yield _line(event)
             if event["event"] in TERMINAL_EVENTS:
@@ -263,12 +271,12 @@ def create_app(composer: Composer | Callable[[], Composer], *, queue_size: int =
         return {"order": fill_order(body, limits)}
 
     @app.post("/api/generate")
-    async def generate(body: GenerateIn) -> StreamingResponse:
+    async def generate(body: GenerateIn, request: Request) -> StreamingResponse:
         plan = await run_in_threadpool(build_plan, body, limits)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         job = worker.submit(plan, lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
-        return StreamingResponse(_event_stream(worker, job, events), media_type="application/x-ndjson",
+        return StreamingResponse(_event_stream(worker, job, events, request), media_type="application/x-ndjson",
                                  headers={"Cache-Control": "no-store", "X-Job-Id": job.id})
 
     def _job_json(job: Job) -> dict:
