@@ -84,6 +84,10 @@ def build_report(config_name: str, outcomes: Iterable[Outcome], seconds: float) 
             "melody_match": _quantiles(matches),
             "notes_outside_labels": int(sum(o.extras.get("notes_outside_labels", 0) for o in kept)),
         }
+    varying = [{"file": o.source_file or o.song_id, "tempo_bpm": round(o.song.tempo_bpm, 3),
+                "tempo_span_bpm": o.extras["tempo_span_bpm"]} for o in kept if "tempo_span_bpm" in o.extras]
+    if varying:
+        report["tempo_varies"] = varying
     scores = [o.extras["auto_vs_human"] for o in kept if "auto_vs_human" in o.extras]
     if scores:
         report["auto_segmentation_vs_human"] = {
@@ -113,6 +117,9 @@ def to_markdown(report: dict[str, Any]) -> str:
                      f"labels; match rate {({k: round(v, 3) for k, v in a['melody_match'].items()})}")
     if "auto_segmentation_vs_human" in report:
         lines.append(f"- automatic vs human labels: {report['auto_segmentation_vs_human']}")
+    if report.get("tempo_varies"):
+        lines.append(f"- tempo changes by more than 10% in {len(report['tempo_varies'])} songs (kept at their tempo "
+                     f"at the first note): " + ", ".join(v["file"] for v in report["tempo_varies"][:10]))
     if report["skipped"]:
         lines += ["", "| skipped file | reason | detail |", "|---|---|---|"]
         lines += [f"| {s['file']} | {s['reason']} | {s['detail'][:80]} |" for s in report["skipped"]]

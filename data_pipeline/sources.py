@@ -97,6 +97,8 @@ def process_midi_file(path: str, root: str, seed: int) -> Outcome:
         return _skip(outcome, err)
     outcome.song = Song(song_id, parsed.notes_Nx4, n_bars, parsed.tempo_bpm, segments, "auto", relative)
     outcome.stats = parsed.stats
+    if parsed.tempo_varies:  # the grid is in beats: the song keeps its tempo at the first note
+        outcome.extras["tempo_span_bpm"] = [round(bpm, 3) for bpm in parsed.tempo_span_bpm]
     return outcome
 
 

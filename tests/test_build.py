@@ -62,6 +62,12 @@ def write_odd_corpus(folder: Path) -> tuple[dict[str, str], dict[str, str], list
     _score(dense).dump_midi(folder / "hundred_k_notes.mid")
     _score([(i * 480, 0, 60 + i, 80) for i in range(16)]).dump_midi(folder / "zero_length.mid")
     _score([(0, 480, 0, 80), (480, 480, 127, 80), *_bar_notes(2)]).dump_midi(folder / "pitch_0_127.mid")
+    _score(_bar_notes(4), meters=[(0, 2, 2)]).dump_midi(folder / "cut_time.mid")  # bars of 4 quarters: kept
+    good.append("cut_time.mid")
+    tempo_change = _score(_bar_notes(8))
+    tempo_change.tempos.extend([symusic.Tempo(0, 100.0), symusic.Tempo(4 * 1920, 140.0)])
+    tempo_change.dump_midi(folder / "tempo_change.mid")  # kept at 100 bpm, and reported
+    good.append("tempo_change.mid")
     skipped = {"empty.mid": "empty_file", "truncated.mid": "not_midi_or_corrupt",
                "not_a_midi.mid": "not_midi_or_corrupt", "type2.mid": "midi_type_2",
                "drums_only.mid": "no_pitched_notes", "three_four.mid": "not_4_4",
@@ -86,6 +92,8 @@ def test_odd_midi_corpus_builds_with_every_file_reported(tmp_path: Path) -> None
     for file, stat in changed.items():
         assert changes[file][stat] > 0, (file, changes.get(file))
     assert report["songs_kept"] == len(good) + len(changed)
+    assert [v["file"] for v in report["tempo_varies"]] == ["tempo_change.mid"]
+    assert report["tempo_varies"][0]["tempo_bpm"] == pytest.approx(100.0, abs=0.01)
     for line in ("empty.mid", "too_dense", "songs:"):
         assert line in result.stdout
 
