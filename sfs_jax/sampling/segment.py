@@ -231,7 +231,10 @@ def sample_logits(key: jax.Array, logits_BxV: jax.Array, allowed_BxV: jax.Array 
         logits_BxV = jnp.where(allowed_BxV, logits_BxV, -jnp.inf)
     greedy = (temperature == 0) | (top_k == 1)
     scaled_BxV = logits_BxV / jnp.where(greedy, 1.0, temperature)
-    drawn = jax.random.categorical(key, _keep_top_k_and_p(scaled_BxV, top_k, top_p), axis=-1)
+    # The sort behind top-k / top-p runs only when a setting cuts classes (a run-time branch).
+    cuts = ~greedy & ((top_k > 0) | (top_p < 1))
+    kept_BxV = jax.lax.cond(cuts, lambda x: _keep_top_k_and_p(x, top_k, top_p), lambda x: x, scaled_BxV)
+    drawn = jax.random.categorical(key, kept_BxV, axis=-1)
     return jnp.where(greedy, jnp.argmax(logits_BxV, axis=-1), drawn).astype(jnp.int32)
 
 
