@@ -1,4 +1,4 @@
-"""The one attention function, its masks and rotary positions in song frames.
+"""The one attention function, its masks and rotary positions (partial, in frames).
 
 Letters: B batch, T query tokens, S key tokens, H heads, K head dim, D model width,
 L cache length (the sampler's token budget).
@@ -10,7 +10,9 @@ so every ablation in SFS.md section 3 is a mask, never a code path.
 
 Why rotary positions in frames: SFS.md section 3 rotates queries and keys by their
 place in the song (frames), not by token index, so the distance between a target
-token and a context note is their distance in musical time.
+token and a context note is their distance in musical time. The authors rotate only
+the first 32 of each head's 64 dims (``Rotary``, ``ModelConfig.rotary_dims``): the
+other 32 see the absolute position code of query and key unrotated.
 """
 
 from __future__ import annotations
