@@ -25,7 +25,8 @@ from absl import app, flags
 from data_pipeline import build
 from experiments.configs import sfs as sfs_configs
 from sfs_jax.training import steps, tasks
-from sfs_jax.training.train import init_state, make_mesh, model_inputs, shard_batch
+from sfs_jax.training.sharding import make_mesh, shard_batch
+from sfs_jax.training.train import init_state, model_inputs
 
 PEAK_BF16_FLOPS = {"NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12}
 

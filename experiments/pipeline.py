@@ -9,11 +9,15 @@ default.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
+import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from data_pipeline import build as build_lib
 from sfs_jax.data import bars as bars_lib
@@ -23,6 +27,7 @@ from sfs_jax.training.restore import load_trained
 from sfs_jax.training.train import train_and_evaluate
 
 EMBEDDING_BATCH = 64
+T = TypeVar("T")
 
 
 def ensure_dataset(data: ml_collections.ConfigDict, workers: int = 1) -> Path:
@@ -61,19 +66,33 @@ def ensure_bar_embeddings(vae_workdir: str | Path, dataset_dir: Path) -> tuple[d
     return embeddings, fingerprint
 
 
+def first_process_then_all(make: Callable[[], T], what: str) -> T:
+    """``make()`` on process 0 first, then on the others (which then reuse what it wrote).
+
+    The dataset build and the bar embeddings write files: with several processes only
+    one may write them, and the others read them once they exist.
+    """
+    if jax.process_count() == 1:
+        return make()
+    result = make() if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices(what)
+    return result if jax.process_index() == 0 else make()
+
+
 def run(config, workdir: str, workers: int = 2) -> dict:
     """Dataset -> (embeddings) -> task -> training; returns the final summaries."""
     # A wrong task, model name, model or example field fails here, before a dataset build or a VAE run.
     model_cfg = tasks.model_config_from(config)
     if config.task != "bar_vae":
         tasks.check_window_scope(model_cfg, tasks.example_config_from(config))
-    dataset_dir = ensure_dataset(config.data, workers)
+    dataset_dir = first_process_then_all(lambda: ensure_dataset(config.data, workers), "dataset")
     if config.task == "bar_vae":
         task = tasks.vae_task(config, dataset_dir)
     else:
         embeddings = None
         if model_cfg.use_global_view:
-            embeddings, fingerprint = ensure_bar_embeddings(config.vae_workdir, dataset_dir)
+            embeddings, fingerprint = first_process_then_all(
+                lambda: ensure_bar_embeddings(config.vae_workdir, dataset_dir), "bar embeddings")
             config.vae_fingerprint = fingerprint
         config.data.dataset_dir = str(dataset_dir)
         task = tasks.sfs_task(config, dataset_dir, embeddings)

@@ -1,4 +1,4 @@
-"""The grain pipeline on a real tiny TFDS build: buckets, determinism, exact resume."""
+"""The grain pipeline on a real tiny TFDS build: buckets, determinism, exact resume, rows per process."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from sfs_jax.data import examples as E
 from sfs_jax.data import loader as L
+from sfs_jax.data.process_rows import pad_to_shapes, process_rows
 from sfs_jax.music.song import Song
 
 CONFIG = E.ExampleConfig()
@@ -123,3 +124,48 @@ def test_bar_embeddings_reach_the_batch_for_known_bars_only(train_source: Any) -
         assert batch["bar_embedding"].shape[2] == 3
         nonzero = np.abs(batch["bar_embedding"]).min(axis=2) > 0
         np.testing.assert_array_equal(nonzero, batch["bar_known"])
+
+
+@pytest.mark.parametrize("processes", [2, 4])
+def test_processes_read_their_rows_of_the_one_process_batches(train_source: Any, processes: int) -> None:
+    """Each of P processes gets rows p*B/P.. of every global batch: stacked (after padding to the largest
+    shape, as ``shard_batch`` does) they are the single-process batches, and over one epoch every song
+    is read once, by one process."""
+    global_batch = 8
+    single = take(L.make_loader(train_source, batch_size=global_batch, seed=3, example_config=CONFIG), 3)
+    per_process = [take(L.make_loader(train_source, batch_size=global_batch, seed=3, example_config=CONFIG,
+                                      process_index=p, process_count=processes), 3) for p in range(processes)]
+    arrays = lambda batch: {key: value for key, value in batch.items() if np.ndim(value) >= 1}  # what is sharded
+    for k, whole in enumerate(single):
+        expected, parts = arrays(whole), [arrays(batches[k]) for batches in per_process]
+        assert all(len(part["n_bars"]) == global_batch // processes for part in parts)
+        largest = {key: np.max([np.shape(part[key]) for part in parts], axis=0) for key in expected}
+        stacked = {key: np.concatenate([pad_to_shapes(part, largest)[key] for part in parts]) for key in expected}
+        assert same_batches([stacked], [expected])
+    epoch = [np.concatenate([b["n_bars"] for b in L.make_loader(
+        train_source, batch_size=global_batch, seed=0, example_config=CONFIG, num_epochs=1, shuffle=False,
+        process_index=p, process_count=processes)]) for p in range(processes)]
+    whole_epoch = [b["n_bars"] for b in L.make_loader(train_source, batch_size=global_batch, seed=0,
+                                                      example_config=CONFIG, num_epochs=1, shuffle=False)]
+    assert sum(len(rows) for rows in epoch) == len(train_source) // global_batch * global_batch
+    interleaved = [rows[k * global_batch // processes:(k + 1) * global_batch // processes]
+                   for k in range(len(whole_epoch)) for rows in epoch]
+    assert np.concatenate(interleaved).tolist() == np.concatenate(whole_epoch).tolist()
+
+
+def test_process_rows_refuses_impossible_splits() -> None:
+    import grain
+
+    with pytest.raises(ValueError, match="batch_size 6 must divide by the 4 processes"):
+        process_rows(grain.MapDataset.range(24), 6, 0, 4)
+    with pytest.raises(ValueError, match="process 2 of 2 does not exist"):
+        process_rows(grain.MapDataset.range(24), 6, 2, 2)
+    rows = process_rows(grain.MapDataset.range(20), 6, 1, 2)
+    assert len(rows) == 9 and [rows[i] for i in range(6)] == [3, 4, 5, 9, 10, 11]
+
+
+def test_pad_to_shapes_pads_with_zeros_and_refuses_to_crop() -> None:
+    padded = pad_to_shapes({"tokens": np.ones((2, 3), np.int32)}, {"tokens": (2, 5)})
+    np.testing.assert_array_equal(padded["tokens"], [[1, 1, 1, 0, 0]] * 2)
+    with pytest.raises(ValueError, match=r"tokens: cannot pad shape \(2, 3\) to \(2, 2\)"):
+        pad_to_shapes({"tokens": np.ones((2, 3))}, {"tokens": (2, 2)})

@@ -43,7 +43,7 @@ from sfs_jax.model.bar_vae import BarVAE
 from sfs_jax.model.config import model_config
 from sfs_jax.music.song import Song
 from sfs_jax.music.tokenizer import TokenType
-from sfs_jax.training import steps, tasks
+from sfs_jax.training import sharding, steps, tasks
 from sfs_jax.training import train as train_lib
 from sfs_jax.training.checkpoint import Checkpoints, read_meta
 from sfs_jax.training.metrics_writer import read_metrics
@@ -104,7 +104,7 @@ class LoopStep:
     def __init__(self, dataset_dir: Path, **train: Any) -> None:
         self.config = tiny_sfs_config(**train)
         self.task = sfs_task(self.config, dataset_dir)
-        self.mesh = train_lib.make_mesh()
+        self.mesh = sharding.make_mesh()
         self.graphdef, state, _ = train_lib.init_state(self.task, self.config, self.mesh)
         self._initial_host = jax.device_get(state)
         make = lambda accum: jax.jit(functools.partial(
@@ -120,7 +120,7 @@ class LoopStep:
     def __call__(self, step_fn: Any, state: nnx.State, batch: Batch, step: int
                  ) -> tuple[nnx.State, dict[str, np.ndarray]]:
         key = jax.random.fold_in(jax.random.key(self.config.train.seed), step)
-        state, metrics = step_fn(self.graphdef, state, train_lib.shard_batch(batch, self.mesh), key,
+        state, metrics = step_fn(self.graphdef, state, sharding.shard_batch(batch, self.mesh), key,
                                  jnp.asarray(step, jnp.int32))
         return state, jax.device_get(metrics)
 

@@ -50,6 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.vae_beta_start_step = 1_000 if reference_beta else 0
     config.data = common.data_block(builder=args.data, num_songs=64 if args.size == "tiny" else 512)
     config.train = common.train_block(**{**TRAIN_BY_SIZE[args.size], **vae_recipe(args.recipe)})
+    config.mesh = common.mesh_block()
     return config
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import ml_collections
 
+from sfs_jax.training import sharding
+
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     """``"size=tiny,runlocal"`` -> ConfigDict(size="tiny", runlocal=True) over the defaults.
@@ -75,6 +77,18 @@ def train_block(**overrides: Any) -> ml_collections.ConfigDict:
         max_train_seconds=0.0))
     train.update(overrides)
     return train
+
+
+def mesh_block(**overrides: Any) -> ml_collections.ConfigDict:
+    """The device mesh (``sfs_jax/training/sharding.py``): ``fsdp`` devices split each weight, the rest replicate.
+
+    ``fsdp`` = 1 is plain data parallelism. ``rules`` map logical axis names to mesh axes
+    (MaxText style): a Linear kernel's dims are ``fan_in``/``fan_out``, an embedding
+    table's ``vocab``/``embed``.
+    """
+    mesh = ml_collections.ConfigDict(dict(fsdp=1, rules=sharding.DEFAULT_RULES))
+    mesh.update(overrides)
+    return mesh
 
 
 def data_block(**overrides: Any) -> ml_collections.ConfigDict:

@@ -82,6 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.vae_workdir = ""
     config.vae_fingerprint = ""  # set by experiments/train.py: ties the run to one VAE
     config.train = common.train_block(**{**TRAIN_BY_SIZE[args.size], **common.recipe(args.recipe)})
+    config.mesh = common.mesh_block()
     return config
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from sfs_jax.data.process_rows import process_rows
 from sfs_jax.music.notes import FRAMES_PER_BAR, notes_in_bars
 from sfs_jax.music.song import Song
 from sfs_jax.music.tokenizer import FRAME, TOKEN_FIELDS, TYPE, TokenType, encode_target
@@ -136,8 +137,8 @@ def bar_index(data_source: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_bar_loader(data_source: Any, *, batch_size: int, seed: int, max_bar_tokens: int,
-                    num_epochs: int | None = None,
-                    read_options: grain.ReadOptions | None = None) -> grain.DatasetIterator:
+                    num_epochs: int | None = None, read_options: grain.ReadOptions | None = None,
+                    process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
     """A checkpointable iterator of batches of random bars for VAE training.
 
     ``data_source``: random access to ``sfs_songs`` feature dicts (e.g. a TFDS data
@@ -152,8 +153,10 @@ def make_bar_loader(data_source: Any, *, batch_size: int, seed: int, max_bar_tok
     if len(bar_N) == 0:
         raise ValueError("the data source holds no bars")
     dataset = (grain.MapDataset.range(len(bar_N)).seed(seed).shuffle().repeat(num_epochs)
-               .map(BarAt(data_source, song_index_N, bar_N, max_bar_tokens))
-               .batch(batch_size, batch_fn=collate_bars, drop_remainder=True))
+               .map(BarAt(data_source, song_index_N, bar_N, max_bar_tokens)))
+    # With several processes each reads its rows of every global batch (data/process_rows.py).
+    dataset = process_rows(dataset, batch_size, process_index, process_count).batch(
+        batch_size // process_count, batch_fn=collate_bars, drop_remainder=True)
     read_options = read_options or grain.ReadOptions(num_threads=DEFAULT_READ_THREADS,
                                                      prefetch_buffer_size=DEFAULT_PREFETCH_BATCHES)
     return iter(dataset.to_iter_dataset(read_options))

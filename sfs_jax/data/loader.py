@@ -30,6 +30,7 @@ import numpy as np
 
 from sfs_jax.data import examples as examples_lib
 from sfs_jax.data.examples import ExampleConfig
+from sfs_jax.data.process_rows import process_rows
 from sfs_jax.music.song import Song
 
 # Example construction is light numpy work; a few threads and a short buffer keep the
@@ -137,20 +138,23 @@ class SongToExample:
 def make_dataset(data_source: Any, *, batch_size: int, seed: int, example_config: ExampleConfig,
                  num_epochs: int | None = None, shuffle: bool = True,
                  bar_embeddings: Mapping[str, np.ndarray] | None = None,
-                 read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
+                 read_options: grain.ReadOptions | None = None, process_index: int = 0,
+                 process_count: int = 1) -> grain.IterDataset:
     """The batched ``IterDataset`` behind ``make_loader`` (same arguments).
 
     ``seed`` seeds both the shuffle and the per-example generators (grain derives one
     seed per transformation and folds in the element index and epoch), so batches
     depend on nothing but the arguments. Incomplete last batches are dropped so every
-    batch has ``batch_size`` rows.
+    batch has ``batch_size`` rows. With ``process_count`` > 1 this process gets its
+    ``batch_size / process_count`` rows of each global batch (``process_rows``).
     """
     dataset = grain.MapDataset.source(data_source).seed(seed)
     if shuffle:
         dataset = dataset.shuffle()
     dataset = dataset.repeat(num_epochs)
     dataset = dataset.random_map(SongToExample(example_config, bar_embeddings))
-    dataset = dataset.batch(batch_size, batch_fn=functools.partial(collate, config=example_config),
+    dataset = process_rows(dataset, batch_size, process_index, process_count)
+    dataset = dataset.batch(batch_size // process_count, batch_fn=functools.partial(collate, config=example_config),
                             drop_remainder=True)
     read_options = read_options or grain.ReadOptions(num_threads=DEFAULT_READ_THREADS,
                                                      prefetch_buffer_size=DEFAULT_PREFETCH_BATCHES)
@@ -160,7 +164,8 @@ def make_dataset(data_source: Any, *, batch_size: int, seed: int, example_config
 def make_loader(data_source: Any, *, batch_size: int, seed: int, example_config: ExampleConfig,
                 num_epochs: int | None = None, shuffle: bool = True,
                 bar_embeddings: Mapping[str, np.ndarray] | None = None, worker_count: int = 0,
-                read_options: grain.ReadOptions | None = None) -> grain.DatasetIterator:
+                read_options: grain.ReadOptions | None = None, process_index: int = 0,
+                process_count: int = 1) -> grain.DatasetIterator:
     """A checkpointable iterator of padded batches (keys: module docstring).
 
     ``data_source`` is a random-access source of ``sfs_songs`` feature dicts, e.g.
@@ -174,7 +179,7 @@ def make_loader(data_source: Any, *, batch_size: int, seed: int, example_config:
     """
     dataset = make_dataset(data_source, batch_size=batch_size, seed=seed, example_config=example_config,
                            num_epochs=num_epochs, shuffle=shuffle, bar_embeddings=bar_embeddings,
-                           read_options=read_options)
+                           read_options=read_options, process_index=process_index, process_count=process_count)
     if worker_count > 0:
         dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return iter(dataset)

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -188,7 +189,8 @@ def sfs_task(config: ml_collections.ConfigDict, dataset_dir: str | Path,
 
     def make(source, epochs, seed=EVAL_SEED, shuffle=False):
         return loader.make_loader(source, batch_size=batch, seed=seed, example_config=examples,
-                                  num_epochs=epochs, shuffle=shuffle, bar_embeddings=embeddings)
+                                  num_epochs=epochs, shuffle=shuffle, bar_embeddings=embeddings,
+                                  process_index=jax.process_index(), process_count=jax.process_count())
 
     return Task(
         name=model_name_of(config),
@@ -218,7 +220,8 @@ def vae_task(config: ml_collections.ConfigDict, dataset_dir: str | Path) -> Task
 
     def make(source, epochs, seed=EVAL_SEED):
         return bars_lib.make_bar_loader(source, batch_size=batch, seed=seed, max_bar_tokens=max_tokens,
-                                        num_epochs=epochs)
+                                        num_epochs=epochs, process_index=jax.process_index(),
+                                        process_count=jax.process_count())
 
     return Task(
         name="bar_vae",

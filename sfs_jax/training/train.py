@@ -28,7 +28,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sfs_jax.training import steps
+from sfs_jax.training import sharding, steps
 from sfs_jax.training.checkpoint import Checkpoints
 from sfs_jax.training.metrics_writer import MetricsWriter
 
@@ -74,6 +74,12 @@ def check_resumable(identity: Callable[[dict], Any] | None, saved_config_json: M
                          f"{', ...' if len(differing) > 4 else ''}); resuming would mix the two: use a new --workdir")
 
 
+def say(text: str) -> None:
+    """A progress line, from process 0 only (every process computes the same global metrics)."""
+    if jax.process_index() == 0:
+        print(text, flush=True)
+
+
 class NonFiniteLossError(FloatingPointError):
     """Training produced NaN/inf; the last good checkpoint is kept."""
 
@@ -108,21 +114,6 @@ def make_optimizer(train_config: ml_collections.ConfigDict) -> tuple[optax.Gradi
     return tx, schedule
 
 
-def make_mesh() -> jax.sharding.Mesh:
-    """A 1-D data-parallel mesh over every device of every process.
-
-    Auto axis types: XLA's partitioner propagates the batch sharding through the
-    model, so model code needs no sharding annotations.
-    """
-    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-
-
-def shard_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-    """Process-local batch -> global arrays split over the data axis (works single- and multi-host)."""
-    sharding = NamedSharding(mesh, P("data"))
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
-
-
 def model_inputs(batch: dict[str, Any]) -> dict[str, np.ndarray]:
     """Drops host-only counters (ints/strings the model never reads) from a collated batch."""
     return {k: v for k, v in batch.items() if isinstance(v, np.ndarray) and v.ndim >= 1
@@ -131,13 +122,31 @@ def model_inputs(batch: dict[str, Any]) -> dict[str, np.ndarray]:
 
 def init_state(task: Task, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
                ) -> tuple[nnx.GraphDef, nnx.State, Callable]:
-    """(graphdef, replicated state, lr schedule) of a fresh model and optimizer."""
+    """(graphdef, state, lr schedule) of a fresh model and optimizer, placed as ``config.mesh`` says.
+
+    The state is built under ``jit`` straight into its shardings (``sharding.init_sharded``):
+    replicated by default, its large matrices split over the ``fsdp`` axis when that is > 1.
+    """
     tx, schedule = make_optimizer(config.train)
-    model = task.make_model(nnx.Rngs(params=config.train.seed))
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    graphdef, state = nnx.split((model, optimizer))
-    replicated = NamedSharding(mesh, P())
-    return graphdef, jax.device_put(state, replicated), schedule
+
+    def make() -> tuple[nnx.Module, nnx.Optimizer]:
+        model = task.make_model(nnx.Rngs(params=config.train.seed))
+        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    graphdef, _ = nnx.split(nnx.eval_shape(make))
+    state, _ = sharding.init_sharded(lambda: nnx.state(make()), mesh, mesh_rules(config))
+    return graphdef, state, schedule
+
+
+def mesh_fsdp(config: ml_collections.ConfigDict) -> int:
+    """The config's fsdp axis size (1 for configs written before the mesh block existed)."""
+    return int((config.get("mesh") or {}).get("fsdp", 1))
+
+
+def mesh_rules(config: ml_collections.ConfigDict) -> tuple[tuple[str, str | None], ...]:
+    """The config's logical axis rules (``sharding.DEFAULT_RULES`` when it has none)."""
+    rules = (config.get("mesh") or {}).get("rules", sharding.DEFAULT_RULES)
+    return tuple((str(name), None if axis in (None, "", "None") else str(axis)) for name, axis in rules)
 
 
 def parameter_count(state: nnx.State) -> int:
@@ -151,7 +160,7 @@ def evaluate(eval_fn: Callable, graphdef, state, eval_iterator, mesh, key: jax.A
     n_batches = 0
     for index, batch in enumerate(eval_iterator):
         n_batches += 1
-        metrics = jax.device_get(eval_fn(graphdef, state, shard_batch(model_inputs(batch), mesh),
+        metrics = jax.device_get(eval_fn(graphdef, state, sharding.shard_batch(model_inputs(batch), mesh),
                                          jax.random.fold_in(key, index)))
         for name, value in metrics.items():
             totals[name] = totals.get(name, 0.0) + float(value)
@@ -167,12 +176,16 @@ def train_and_evaluate(task: Task, config: ml_collections.ConfigDict, workdir: s
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     train_config = config.train
-    mesh = make_mesh()
+    mesh = sharding.make_mesh(mesh_fsdp(config))
     if train_config.batch_size % (jax.device_count() * train_config.grad_accum_steps):
         raise ValueError(f"batch_size {train_config.batch_size} must divide by devices x grad_accum_steps "
                          f"({jax.device_count()} x {train_config.grad_accum_steps})")
     graphdef, state, schedule = init_state(task, config, mesh)
     logging.info("%s: %d parameters", task.name, parameter_count(state))
+    if mesh.shape["fsdp"] > 1:
+        fraction = sharding.sharded_fraction(nnx.filter_state(state[0], nnx.Param))
+        say(f"[{task.name}] mesh data={mesh.shape['data']} fsdp={mesh.shape['fsdp']}: {100 * fraction:.1f}% of the "
+            f"parameter bytes (and of Adam's moments) split over the fsdp axis")
     checkpoints = Checkpoints(workdir, keep=train_config.keep_checkpoints)
     train_iterator = task.make_train_iterator(train_config.seed)
     start_step = 0
@@ -190,8 +203,12 @@ def train_and_evaluate(task: Task, config: ml_collections.ConfigDict, workdir: s
             return json.loads(final.read_text())
 
     loss_fn = task.loss_fn
+    # The updated state keeps the state's placement (fsdp: split weights stay split).
+    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    replicated = NamedSharding(mesh, P())
     train_fn = jax.jit(functools.partial(steps.train_step, loss_fn=loss_fn, normalizer_fn=task.normalizer_fn,
-                                         grad_accum_steps=train_config.grad_accum_steps), donate_argnums=1)
+                                         grad_accum_steps=train_config.grad_accum_steps), donate_argnums=1,
+                       out_shardings=(state_shardings, replicated))
     eval_fn = jax.jit(functools.partial(steps.eval_step, loss_fn=loss_fn))
     base_key = jax.random.key(train_config.seed)
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
@@ -223,7 +240,7 @@ def train_and_evaluate(task: Task, config: ml_collections.ConfigDict, workdir: s
                              {k: v for k, v in shape if k.startswith(("target_type", "context_slot",
                                                                        "bar_known", "tokens_type"))})
             window_tokens += int(np.count_nonzero(batch[task.tokens_key]))
-            state, metrics = train_fn(graphdef, state, shard_batch(batch, mesh),
+            state, metrics = train_fn(graphdef, state, sharding.shard_batch(batch, mesh),
                                       jax.random.fold_in(base_key, step), jnp.asarray(step, jnp.int32))
             pending.append(metrics)
             done = step + 1
@@ -245,15 +262,15 @@ def train_and_evaluate(task: Task, config: ml_collections.ConfigDict, workdir: s
                 last_train.update(learning_rate=float(schedule(done)), tokens_per_second=window_tokens / elapsed,
                                   step_seconds=elapsed / len(pending))
                 writer.write("train", done, last_train)
-                print(f"[{task.name}] step {done}/{train_config.num_steps} " + " ".join(
-                    f"{k}={v:.4g}" for k, v in last_train.items()), flush=True)
+                say(f"[{task.name}] step {done}/{train_config.num_steps} " + " ".join(
+                    f"{k}={v:.4g}" for k, v in last_train.items()))
                 pending, window_start, window_tokens = [], time.perf_counter(), 0
             eval_iterator = task.make_eval_iterator() if is_eval else None
             if eval_iterator is not None:
                 last_eval = evaluate(eval_fn, graphdef, state, eval_iterator, mesh, jax.random.key(0))
                 writer.write("validation", done, last_eval)
-                print(f"[{task.name}] validation step {done} " + " ".join(
-                    f"{k}={v:.4g}" for k, v in last_eval.items()), flush=True)
+                say(f"[{task.name}] validation step {done} " + " ".join(
+                    f"{k}={v:.4g}" for k, v in last_eval.items()))
             if is_save:
                 save(done, last_eval.get("loss") if is_eval and last_eval else None)
             if out_of_time and done < train_config.num_steps:
@@ -268,5 +285,6 @@ def train_and_evaluate(task: Task, config: ml_collections.ConfigDict, workdir: s
     if stopped_early:
         # No final_metrics.json: the run is unfinished and a relaunch resumes it.
         return {**result, "stopped_early_at_step": done}
-    (workdir / "final_metrics.json").write_text(json.dumps(result, indent=2))
+    if jax.process_index() == 0:  # one process writes what every process computed alike
+        (workdir / "final_metrics.json").write_text(json.dumps(result, indent=2))
     return result

@@ -1,0 +1,155 @@
+"""Training as several processes on loopback: JAX's multi-process runtime (``jax.distributed``, gloo on CPUs).
+
+The normal entry point (``python -m experiments.train``) runs as two processes with one
+CPU device each, and as one process with two forced devices (the same mesh):
+
+- the two processes train the single process's curve (each reads its own rows of every
+  global batch; losses agree to float rounding);
+- only process 0 writes metrics and progress lines;
+- a checkpoint the two processes wrote together resumes in one process, and one that
+  one process wrote resumes in two, both continuing the uninterrupted curve.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sfs_jax.training.metrics_writer import read_metrics
+from tests.conftest import REPO_ROOT
+
+TIMEOUT_S = 900
+RTOL = 1e-5  # measured: processes 0 (bit for bit); fsdp 2.8e-8 (the split changes the summation order)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train_args(dataset: Path, workdir: Path, steps: int) -> list[str]:
+    return [sys.executable, "-m", "experiments.train", "--config=experiments/configs/sfs.py:size=tiny",
+            "--config.model.use_global_view=False", f"--config.data.dataset_dir={dataset}",
+            f"--config.train.num_steps={steps}", "--config.train.batch_size=4", "--config.train.learning_rate=3e-3",
+            "--config.train.schedule=constant", "--config.train.eval_every=100", "--config.train.checkpoint_every=2",
+            "--config.train.log_every=1", "--config.train.eval_batches=1", f"--workdir={workdir}"]
+
+
+class Run:
+    """One training run as ``processes`` processes (1: one process with two forced CPU devices)."""
+
+    def __init__(self, dataset: Path, workdir: Path, steps: int, processes: int, cache: Path,
+                 *extra_flags: str) -> None:
+        self.workdir, self.processes = workdir, processes
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", "SFS_JAX_CACHE_DIR": str(cache),
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+        env.pop("XLA_FLAGS", None)
+        if processes == 1:
+            env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+        port = _free_port()
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.procs = []
+        for index in range(processes):
+            extra = ([f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}",
+                      f"--process_id={index}"] if processes > 1 else [])
+            log = open(workdir.parent / f"{workdir.name}.p{index}.log", "w")  # closed in wait()
+            command = [*_train_args(dataset, workdir, steps), *extra, *extra_flags]
+            self.procs.append((subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT),
+                               log))
+
+    def wait(self) -> list[str]:
+        """Waits for every process; returns their logs (an error names the failing one)."""
+        logs = []
+        for index, (proc, log) in enumerate(self.procs):
+            code = proc.wait(timeout=TIMEOUT_S)
+            log.close()
+            text = Path(log.name).read_text()
+            assert code == 0, f"{self.workdir.name} process {index} exited {code}: {text[-3000:]}"
+            logs.append(text)
+        return logs
+
+    def losses(self) -> dict[int, float]:
+        rows = read_metrics(self.workdir, "train")
+        steps = [row["step"] for row in rows]
+        assert len(steps) == len(set(steps)), f"metrics written more than once: {steps}"
+        return {row["step"]: row["loss"] for row in rows}
+
+
+def _copy(source: Path, target: Path) -> Path:
+    import shutil
+
+    shutil.copytree(source, target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    root = tmp_path_factory.mktemp("multiprocess")
+    cache = root / "xla_cache"
+    first = {"one_4": Run(tiny_synthetic_dataset, root / "one_4", 4, 1, cache),
+             "two_2": Run(tiny_synthetic_dataset, root / "two_2", 2, 2, cache),
+             "one_2": Run(tiny_synthetic_dataset, root / "one_2", 2, 1, cache),
+             # The weights and Adam moments split over both devices (one process), and over both processes.
+             "one_4_fsdp": Run(tiny_synthetic_dataset, root / "one_4_fsdp", 4, 1, cache, "--config.mesh.fsdp=2"),
+             "two_4_fsdp": Run(tiny_synthetic_dataset, root / "two_4_fsdp", 4, 2, cache, "--config.mesh.fsdp=2")}
+    logs = {name: run.wait() for name, run in first.items()}
+    # Resume each 2-step run in the other process count, to 4 steps.
+    second = {"two_then_one": Run(tiny_synthetic_dataset, _copy(root / "two_2", root / "two_then_one"), 4, 1, cache),
+              "one_then_two": Run(tiny_synthetic_dataset, _copy(root / "one_2", root / "one_then_two"), 4, 2, cache)}
+    logs.update({name: run.wait() for name, run in second.items()})
+    all_runs = {**first, **second}
+    for name, run in all_runs.items():
+        run.logs = logs[name]
+    return all_runs
+
+
+def test_two_processes_train_the_one_process_curve(runs: dict[str, Run]) -> None:
+    reference = runs["one_4"].losses()
+    two = runs["two_2"].losses()
+    print(f"one process (2 devices): {reference}; two processes: {two}; largest relative difference "
+          f"{max(abs(two[s] / reference[s] - 1) for s in two):.1e}")
+    assert sorted(reference) == [1, 2, 3, 4] and sorted(two) == [1, 2]
+    np.testing.assert_allclose([two[s] for s in (1, 2)], [reference[s] for s in (1, 2)], rtol=RTOL)
+    assert reference[4] < reference[1]  # it learns
+
+
+def test_only_process_zero_reports(runs: dict[str, Run]) -> None:
+    process_0, process_1 = runs["two_2"].logs
+    assert "[sfs] step 2/2" in process_0 and "[sfs] validation step 2" in process_0
+    assert "[sfs] step" not in process_1
+    assert "process 1 of 2" not in process_0  # INFO stays quiet by default
+    assert (runs["two_2"].workdir / "final_metrics.json").is_file()
+
+
+@pytest.mark.parametrize("name", ["one_4_fsdp", "two_4_fsdp"])
+def test_fsdp_trains_the_unsharded_curve(runs: dict[str, Run], name: str) -> None:
+    """With mesh.fsdp=2 the kernels and embedding tables (and their Adam moments) are split between the two
+    devices, in one process or across two; the losses are the replicated run's."""
+    reference, sharded = runs["one_4"].losses(), runs[name].losses()
+    print(f"{name}: {sharded}; largest relative difference "
+          f"{max(abs(sharded[s] / reference[s] - 1) for s in sharded):.1e}")
+    assert sorted(sharded) == [1, 2, 3, 4]
+    np.testing.assert_allclose([sharded[s] for s in (1, 2, 3, 4)], [reference[s] for s in (1, 2, 3, 4)], rtol=RTOL)
+    split = re.search(r"mesh data=1 fsdp=2: ([0-9.]+)% of the parameter bytes", runs[name].logs[0])
+    assert split and float(split.group(1)) > 90, runs[name].logs[0][-2000:]
+
+
+@pytest.mark.parametrize("name", ["two_then_one", "one_then_two"])
+def test_checkpoints_resume_across_process_counts(runs: dict[str, Run], name: str) -> None:
+    """Two processes' checkpoint at step 2 resumes in one process, and one process's in two: steps 3 and 4
+    continue the uninterrupted run."""
+    reference = runs["one_4"].losses()
+    resumed = runs[name].losses()
+    print(f"{name}: largest relative difference {max(abs(resumed[s] / reference[s] - 1) for s in resumed):.1e}")
+    assert sorted(resumed) == [1, 2, 3, 4]
+    np.testing.assert_allclose([resumed[s] for s in (1, 2, 3, 4)], [reference[s] for s in (1, 2, 3, 4)], rtol=RTOL)
+    process_0 = runs[name].logs[0]
+    assert "[sfs] step 3/4" in process_0 and "[sfs] step 1/4" not in process_0  # it resumed, not restarted
