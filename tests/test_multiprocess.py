@@ -127,6 +127,14 @@ def test_only_process_zero_reports(runs: dict[str, Run]) -> None:
     assert "[sfs] step" not in process_1
     assert "process 1 of 2" not in process_0  # INFO stays quiet by default
     assert (runs["two_2"].workdir / "final_metrics.json").is_file()
+    assert len(list((runs["two_2"].workdir / "tensorboard").glob("events.out.tfevents.*"))) == 1
+
+
+def test_a_partial_process_spec_is_refused_before_joining() -> None:
+    from sfs_jax.training import distributed
+
+    with pytest.raises(ValueError, match="give --coordinator_address, --num_processes and --process_id together"):
+        distributed.initialize("127.0.0.1:1", num_processes=2)
 
 
 @pytest.mark.parametrize("name", ["one_4_fsdp", "two_4_fsdp"])
