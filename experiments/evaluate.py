@@ -21,6 +21,9 @@ same note-level metrics, and writes under ``--out``:
   same songs, with intervals over seed songs (``sfs_jax.evaluation.paired``); to pair
   models evaluated in separate runs, ``python -m experiments.paired``.
 
+Without ``--models`` the model that ships with the project is evaluated (its seeds
+come from POP909, built from ``../shared/data/pop909`` or ``--dataset_dir``).
+
 Every workdir, structure, number and the dataset split are checked before any
 model is loaded. The rules the protocol follows (seed choice, seed placement, Flat,
 real songs, statistics) are ``sfs_jax.evaluation.protocol.PROTOCOL_NOTES``.
@@ -37,12 +40,14 @@ from absl import app, flags
 from experiments import cli, pipeline
 from sfs_jax.evaluation import paired, protocol
 from sfs_jax.music.structure import StructureError
+from sfs_jax.training import shipped
 
 
 def define_flags() -> None:
     """CLI flags, defined only when run as a program: importing this module (tests, other tools) defines
     none, so it never clashes with ``experiments.generate``'s ``--seed``, ``--out`` and ``--top_p``."""
-    flags.DEFINE_list("models", [], "name=workdir pairs: SFS, Flat and ablation training workdirs.")
+    flags.DEFINE_list("models", [], "name=workdir pairs: SFS, Flat and ablation training workdirs (default: "
+                      "sfs=the model that ships with the project).")
     flags.DEFINE_string("dataset_dir", "", "A built sfs_songs folder (default: the first model's config.data, "
                         "built or reused).")
     flags.DEFINE_string("split", "test", "Split the seed songs and real songs come from.")
@@ -77,7 +82,7 @@ def make_plan(args: flags.FlagValues | SimpleNamespace) -> protocol.ProtocolPlan
     resolving it may build a dataset.
     """
     try:
-        specs = protocol.parse_model_specs(args.models)
+        specs = protocol.parse_model_specs(args.models or [f"sfs={shipped.materialize()}"])
         configs = protocol.check_models(specs)
         protocol.parse_structures(args.structures, args.seed_bars)
         config = protocol.ProtocolConfig(

@@ -9,7 +9,9 @@ piano roll with labelled segment bands) and ``report.json`` (structure, order,
 contexts chosen per segment, speed). Every input is checked before anything is
 written: an impossible structure, an unknown order index, an unreadable seed or a
 missing checkpoint is a clear error and ``--out`` is left untouched. Without
-``--checkpoint``, the newest SFS run under ``runs/`` is used.
+``--checkpoint`` the model that ships with the project is used (``sfs_jax/pretrained``,
+materialized once under ``~/.cache/sfs_jax/shipped``); ``--checkpoint=newest`` takes the
+newest SFS run under ``--runs_dir``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from sfs_jax.music.pianoroll import write_pianoroll
 from sfs_jax.music.structure import StructureError, format_structure, parse_structure, validate_compose_order
 from sfs_jax.sampling.composer import Callbacks, ComposeRequest, context_summary, fit_seed, load_composer, plan_order
 from sfs_jax.sampling.segment import SamplingConfig
+from sfs_jax.training import shipped
 from sfs_jax.training.checkpoint import BEST
 
 _STRUCTURE = flags.DEFINE_string("structure", "A8 B8 A8 C4", "Segments as label+bars: 'A8 B8 A8 C4' or 'A8B8A8C4'.")
@@ -37,7 +40,8 @@ _SEED_SEGMENT = flags.DEFINE_integer("seed_segment", None, "Index of the seed se
 _SEED_FIT = flags.DEFINE_enum("seed_fit", "error", ["error", "pad", "trim", "fit"],
                               "When the seed's bars differ from its segment's.")
 _ORDER = flags.DEFINE_list("order", [], "Compose order as segment indices, e.g. 2,0,1,3 (default: SFS's rule).")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "", "An SFS training workdir (default: the newest under runs/).")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "", "An SFS training workdir; 'newest': the newest under --runs_dir "
+                                  "(default: the model that ships with the project).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Songs to compose (batched).")
 _TOP_P = flags.DEFINE_float("top_p", 0.975, "Nucleus sampling mass for every head.")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Top-k for every head (0: off).")
@@ -45,7 +49,17 @@ _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature for 
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed: the same seed reproduces the songs.")
 _TEMPO = flags.DEFINE_float("tempo", 0.0, "Tempo in BPM (default: the seed's, else 100).")
 _OUT = flags.DEFINE_string("out", "runs/generated", "Output folder.")
-_RUNS = flags.DEFINE_string("runs_dir", "runs", "Where to look for the newest checkpoint.")
+_RUNS = flags.DEFINE_string("runs_dir", "runs", "Where --checkpoint=newest looks.")
+
+
+def resolve_checkpoint(checkpoint: str, runs_dir: str | Path) -> Path:
+    """``--checkpoint`` as a run folder: a path, ``newest`` (under ``runs_dir``) or empty (the shipped model)."""
+    if not checkpoint:
+        return shipped.materialize()
+    path = newest_checkpoint(runs_dir) if checkpoint == "newest" else Path(checkpoint)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--checkpoint {path} is not a folder")
+    return path
 
 
 def newest_checkpoint(runs_dir: str | Path) -> Path:
@@ -103,9 +117,7 @@ def main(argv: list[str]) -> None:
     try:
         request = build_request(_STRUCTURE.value, _SEED_MIDI.value, _SEED_SEGMENT.value, _SEED_FIT.value,
                                 _ORDER.value, _TEMPO.value)
-        checkpoint = Path(_CHECKPOINT.value) if _CHECKPOINT.value else newest_checkpoint(_RUNS.value)
-        if not checkpoint.is_dir():
-            raise FileNotFoundError(f"--checkpoint {checkpoint} is not a folder")
+        checkpoint = resolve_checkpoint(_CHECKPOINT.value, _RUNS.value)
     except (StructureError, midi_io.MidiSkip, FileNotFoundError, ValueError) as err:
         raise app.UsageError(str(err)) from err
     sampling = SamplingConfig(temperature=_TEMPERATURE.value, top_p=_TOP_P.value, top_k=_TOP_K.value)

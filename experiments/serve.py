@@ -8,7 +8,8 @@ says ``warm`` when it is ready; requests sent before wait in the queue). Bound t
 127.0.0.1 unless ``--host`` says otherwise: the server has no authentication. A loopback
 server answers only requests whose Host header is a loopback name, so a web page on
 another site cannot drive it through DNS rebinding (``--allowed_hosts`` adds names).
-Without ``--checkpoint`` the newest SFS run under ``--runs_dir`` is used.
+Without ``--checkpoint`` the model that ships with the project is served;
+``--checkpoint=newest`` takes the newest SFS run under ``--runs_dir``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from absl import app, flags
 
 from experiments import cli
 from experiments.composers import composer_factory
-from experiments.generate import newest_checkpoint  # also defines --checkpoint and --runs_dir, read below
+from experiments.generate import resolve_checkpoint  # also defines --checkpoint and --runs_dir, read below
 from sfs_jax.serving.app import allowed_hosts_for, create_app
 from sfs_jax.serving.server import DEFAULT_HOST, uvicorn_config
 
@@ -41,9 +42,9 @@ def main(argv: list[str]) -> None:
     cli.prepare(quiet=False)  # the server's own INFO log (jobs, warm-up) is what an operator reads
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        checkpoint = "" if _RANDOM.value else (FLAGS.checkpoint or newest_checkpoint(FLAGS.runs_dir))
+        checkpoint = "" if _RANDOM.value else resolve_checkpoint(FLAGS.checkpoint, FLAGS.runs_dir)
         factory = composer_factory(checkpoint, _RANDOM.value, _CHUNK.value)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:
         raise app.UsageError(str(err)) from err
     server_app = create_app(factory, queue_size=_QUEUE.value,
                             allowed_hosts=allowed_hosts_for(_HOST.value, _ALLOWED_HOSTS.value))

@@ -34,7 +34,7 @@ from sfs_jax.music import midi_io
 from sfs_jax.music import notes as notes_lib
 from sfs_jax.music.song import Song
 from sfs_jax.music.structure import StructureError, segments_from_lengths
-from sfs_jax.training import tasks
+from sfs_jax.training import shipped, tasks
 from sfs_jax.training.checkpoint import Checkpoints
 from sfs_jax.training.train import train_and_evaluate
 from tests.conftest import REPO_ROOT, scale_notes
@@ -228,15 +228,17 @@ def test_checkpoint_saved_with_a_label_for_model_name_passes_the_checks_as_sfs(t
     assert checked.model_name == "sfs" and tasks.model_config_from(checked).use_cross_attention
 
 
-def test_cli_turns_bad_inputs_into_usage_errors(tmp_path: Path) -> None:
+def test_cli_turns_bad_inputs_into_usage_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(shipped.CACHE_ENV, str(tmp_path / "shipped"))
     args = SimpleNamespace(models=[f"sfs={tmp_path / 'missing'}"], dataset_dir="", split="test", num_seeds=1,
                            structures=list(protocol.PAPER_STRUCTURES), top_p=1.0, samples_per_seed=1,
                            seed_bars=protocol.SEED_BARS, plot_examples=1, out=str(tmp_path / "out"), seed=0,
                            workers=1)
     with pytest.raises(app.UsageError, match="no such folder"):
         evaluate.make_plan(args)
-    with pytest.raises(app.UsageError, match="--models is empty"):
-        evaluate.make_plan(SimpleNamespace(**{**vars(args), "models": []}))
+    # No --models: the shipped model is accepted, and the next check (the dataset) speaks.
+    with pytest.raises(app.UsageError, match=r"--dataset_dir .*nowhere is not a folder"):
+        evaluate.make_plan(SimpleNamespace(**{**vars(args), "models": [], "dataset_dir": str(tmp_path / "nowhere")}))
     assert not (tmp_path / "out").exists()
 
 

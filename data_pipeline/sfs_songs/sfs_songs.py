@@ -121,7 +121,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         if self._workers == 1 or len(items) < 2:
             return [function(*args) for args in bar(items)]
         chunk = max(1, len(items) // (self._workers * 8))
-        context = multiprocessing.get_context("fork")
+        # forkserver, not fork: the calling process may already run JAX's threads (a command that
+        # composed or trained before building), and forking a multithreaded process can deadlock.
+        # The server imports this module once; each worker forks from that clean process.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
         with concurrent.futures.ProcessPoolExecutor(self._workers, mp_context=context) as pool:
             return list(bar(pool.map(_call, [(function, args) for args in items], chunksize=chunk)))
 
