@@ -51,26 +51,33 @@ def ensure_bar_embeddings(vae_workdir: str | Path, dataset_dir: Path) -> tuple[d
             f"the global view needs a trained bar VAE, but vae_workdir={vae_workdir!r} has none: train one "
             "with python -m experiments.train --config=experiments/configs/bar_vae.py --workdir=DIR and pass "
             "--config.vae_workdir=DIR (or --config.model.use_global_view=False)")
+    # Every process restores the VAE: orbax's restore is collective (it synchronizes all processes).
     model, _, _ = load_trained(vae_workdir)
     fingerprint = bar_vae.vae_fingerprint(model)
     path = embeddings_path(vae_workdir, dataset_dir)
-    if path.exists():
-        try:
-            return bars_lib.load_bar_embeddings(path, fingerprint), fingerprint
-        except ValueError as err:
-            logging.warning("recomputing bar embeddings: %s", err)
-    embeddings = bars_lib.compute_bar_embeddings(bar_vae.make_embed_fn(model), tasks.load_songs(dataset_dir),
-                                                 model.config.max_bar_tokens, EMBEDDING_BATCH)
-    bars_lib.save_bar_embeddings(path, embeddings, fingerprint)
-    logging.info("wrote bar embeddings of %d songs to %s", len(embeddings), path)
-    return embeddings, fingerprint
+
+    def read_or_compute() -> dict[str, np.ndarray]:
+        if path.exists():
+            try:
+                return bars_lib.load_bar_embeddings(path, fingerprint)
+            except ValueError as err:
+                logging.warning("recomputing bar embeddings: %s", err)
+        embeddings = bars_lib.compute_bar_embeddings(bar_vae.make_embed_fn(model), tasks.load_songs(dataset_dir),
+                                                     model.config.max_bar_tokens, EMBEDDING_BATCH)
+        bars_lib.save_bar_embeddings(path, embeddings, fingerprint)
+        logging.info("wrote bar embeddings of %d songs to %s", len(embeddings), path)
+        return embeddings
+
+    # Process 0 writes the file; the others read it after the barrier.
+    return first_process_then_all(read_or_compute, "bar embeddings"), fingerprint
 
 
 def first_process_then_all(make: Callable[[], T], what: str) -> T:
     """``make()`` on process 0 first, then on the others (which then reuse what it wrote).
 
     The dataset build and the bar embeddings write files: with several processes only
-    one may write them, and the others read them once they exist.
+    one may write them, and the others read them once they exist. ``make`` must not run
+    collectives (an orbax restore does): process 0 would wait in them alone.
     """
     if jax.process_count() == 1:
         return make()
@@ -91,8 +98,7 @@ def run(config, workdir: str, workers: int = 2) -> dict:
     else:
         embeddings = None
         if model_cfg.use_global_view:
-            embeddings, fingerprint = first_process_then_all(
-                lambda: ensure_bar_embeddings(config.vae_workdir, dataset_dir), "bar embeddings")
+            embeddings, fingerprint = ensure_bar_embeddings(config.vae_workdir, dataset_dir)
             config.vae_fingerprint = fingerprint
         config.data.dataset_dir = str(dataset_dir)
         task = tasks.sfs_task(config, dataset_dir, embeddings)

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -35,9 +36,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train_args(dataset: Path, workdir: Path, steps: int) -> list[str]:
-    return [sys.executable, "-m", "experiments.train", "--config=experiments/configs/sfs.py:size=tiny",
-            "--config.model.use_global_view=False", f"--config.data.dataset_dir={dataset}",
+def _env(cache: Path, forced_devices: int = 0) -> dict[str, str]:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "SFS_JAX_CACHE_DIR": str(cache),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    env.pop("XLA_FLAGS", None)
+    if forced_devices:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={forced_devices}"
+    return env
+
+
+def _train_args(dataset: Path, workdir: Path, steps: int, vae: Path | None = None) -> list[str]:
+    """The tiny SFS run's command; with ``vae`` the global view G is on and reads that VAE's bar embeddings."""
+    view = ["--config.model.use_global_view=True", f"--config.vae_workdir={vae}"] if vae else [
+        "--config.model.use_global_view=False"]
+    return [sys.executable, "-m", "experiments.train", "--config=experiments/configs/sfs.py:size=tiny", *view,
+            f"--config.data.dataset_dir={dataset}",
             f"--config.train.num_steps={steps}", "--config.train.batch_size=4", "--config.train.learning_rate=3e-3",
             "--config.train.schedule=constant", "--config.train.eval_every=100", "--config.train.checkpoint_every=2",
             "--config.train.log_every=1", "--config.train.eval_batches=1", f"--workdir={workdir}"]
@@ -47,13 +60,9 @@ class Run:
     """One training run as ``processes`` processes (1: one process with two forced CPU devices)."""
 
     def __init__(self, dataset: Path, workdir: Path, steps: int, processes: int, cache: Path,
-                 *extra_flags: str) -> None:
+                 *extra_flags: str, vae: Path | None = None) -> None:
         self.workdir, self.processes = workdir, processes
-        env = {**os.environ, "JAX_PLATFORMS": "cpu", "SFS_JAX_CACHE_DIR": str(cache),
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-        env.pop("XLA_FLAGS", None)
-        if processes == 1:
-            env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+        env = _env(cache, forced_devices=2 if processes == 1 else 0)
         port = _free_port()
         workdir.mkdir(parents=True, exist_ok=True)
         self.procs = []
@@ -61,7 +70,7 @@ class Run:
             extra = ([f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}",
                       f"--process_id={index}"] if processes > 1 else [])
             log = open(workdir.parent / f"{workdir.name}.p{index}.log", "w")  # closed in wait()
-            command = [*_train_args(dataset, workdir, steps), *extra, *extra_flags]
+            command = [*_train_args(dataset, workdir, steps, vae), *extra, *extra_flags]
             self.procs.append((subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT),
                                log))
 
@@ -161,3 +170,34 @@ def test_checkpoints_resume_across_process_counts(runs: dict[str, Run], name: st
     np.testing.assert_allclose([resumed[s] for s in (1, 2, 3, 4)], [reference[s] for s in (1, 2, 3, 4)], rtol=RTOL)
     process_0 = runs[name].logs[0]
     assert "[sfs] step 3/4" in process_0 and "[sfs] step 1/4" not in process_0  # it resumed, not restarted
+
+
+@pytest.fixture(scope="module")
+def global_view_runs(tiny_synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """G on: a tiny bar VAE (2 steps), copied twice, so each run writes its own bar embeddings: by its one
+    process, or by process 0 of two while process 1 waits at the barrier and then reads them."""
+    root = tmp_path_factory.mktemp("global_view")
+    cache = root / "xla_cache"
+    vae = root / "vae_one"
+    command = [sys.executable, "-m", "experiments.train", "--config=experiments/configs/bar_vae.py:size=tiny",
+               f"--config.data.dataset_dir={tiny_synthetic_dataset}", "--config.train.num_steps=2",
+               "--config.train.eval_every=2", "--config.train.checkpoint_every=2", f"--workdir={vae}"]
+    trained = subprocess.run(command, cwd=REPO_ROOT, env=_env(cache), capture_output=True, text=True,
+                             timeout=TIMEOUT_S)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    runs = {"one": Run(tiny_synthetic_dataset, root / "one_g", 2, 1, cache, vae=vae),
+            "two": Run(tiny_synthetic_dataset, root / "two_g", 2, 2, cache, vae=_copy(vae, root / "vae_two"))}
+    for run in runs.values():
+        run.wait()
+    return {**runs, "vae_one": vae, "vae_two": root / "vae_two"}
+
+
+def test_two_processes_share_the_bar_embeddings_process_zero_wrote(global_view_runs: dict[str, Any]) -> None:
+    one, two = global_view_runs["one"].losses(), global_view_runs["two"].losses()
+    print(f"G on: one process {one}; two processes {two}")
+    assert sorted(one) == sorted(two) == [1, 2]
+    np.testing.assert_allclose([two[s] for s in (1, 2)], [one[s] for s in (1, 2)], rtol=RTOL)
+    written = [sorted((global_view_runs[name] / "bar_embeddings").glob("*.npz")) for name in ("vae_one", "vae_two")]
+    assert [len(files) for files in written] == [1, 1]
+    with np.load(written[0][0]) as first, np.load(written[1][0]) as second:
+        assert first.files == second.files and all(np.array_equal(first[k], second[k]) for k in first.files)

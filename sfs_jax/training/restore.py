@@ -77,7 +77,11 @@ def load_trained(workdir: str | Path, best: bool = True, compute_dtype: str | No
 
 
 def _shapes(state: nnx.State) -> nnx.State:
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if hasattr(x, "shape") else x, state)
+    """Restore targets on this process's first device: with several processes (``jax.distributed``)
+    orbax would otherwise place them on a global device that another process owns."""
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local) if hasattr(x, "shape")
+                        else x, state)
 
 
 def _restore_without_buffers(checkpoints: Checkpoints, fresh: Any, best: bool,
