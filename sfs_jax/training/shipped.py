@@ -127,6 +127,7 @@ def _load_part(folder: Path, part: str) -> tuple[nnx.Module, ml_collections.Conf
 
 
 def cache_root() -> Path:
+    """Where materialized runs go: ``$SFS_JAX_SHIPPED_DIR``, else ``~/.cache/sfs_jax/shipped`` (never the repo)."""
     return Path(os.environ.get(CACHE_ENV, "") or "~/.cache/sfs_jax/shipped").expanduser()
 
 
@@ -168,5 +169,6 @@ def materialize(folder: str | Path | None = None, root: str | Path | None = None
 
 
 def model_card(folder: str | Path | None = None) -> dict[str, Any]:
+    """The folder's ``model_card.json``: what it was trained on, for how long, its validation numbers."""
     folder = Path(folder) if folder is not None else shipped_dir()
     return json.loads((folder / "model_card.json").read_text())
