@@ -12,7 +12,9 @@ state (for ``--size=paper``, whose replicated state is 0.7 GB per device).
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -21,8 +23,8 @@ from flax import nnx
 
 from experiments import cli
 from experiments.configs import sfs as sfs_configs
-from sfs_jax.model.sfs import SFSModel
-from sfs_jax.training import sharding, tasks
+from sfs_jax.training import sharding
+from sfs_jax.training.restore import make_model
 from sfs_jax.training.train import init_state, make_optimizer, mesh_rules
 
 _SIZE = flags.DEFINE_enum("size", "small", ["tiny", "small", "paper"], "Model preset.")
@@ -30,12 +32,9 @@ _FSDP = flags.DEFINE_integer("fsdp", 0, "fsdp axis size to compare with 1 (0: ev
 _ABSTRACT = flags.DEFINE_bool("abstract", False, "Compute from the shardings only (no arrays built).")
 
 
-class _ModelOnly:
-    """The part of a training ``Task`` that ``init_state`` reads: the model constructor."""
-
-    def __init__(self, config) -> None:
-        model_cfg = tasks.model_config_from(config)
-        self.make_model = lambda rngs: SFSModel(model_cfg, rngs=rngs)
+def _task(config) -> SimpleNamespace:
+    """The part of a training ``Task`` that ``init_state`` reads: the model constructor the config describes."""
+    return SimpleNamespace(make_model=functools.partial(make_model, config))
 
 
 def largest_device_bytes(state) -> int:
@@ -52,10 +51,10 @@ def abstract_largest_device_bytes(config, mesh: jax.sharding.Mesh) -> int:
     tx = make_optimizer(config.train)[0]
 
     def build():
-        model = _ModelOnly(config).make_model(nnx.Rngs(params=0))
-        return nnx.state((model, nnx.Optimizer(model, tx, wrt=nnx.Param)))
+        model = make_model(config, nnx.Rngs(params=0))
+        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
-    abstract = jax.eval_shape(build)
+    _, abstract = nnx.split(nnx.eval_shape(build))
     shardings = sharding.state_shardings(abstract, mesh, mesh_rules(config))
     return sum(int(np.prod(place.shard_shape(leaf.shape))) * leaf.dtype.itemsize
                for leaf, place in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings), strict=True))
@@ -74,7 +73,7 @@ def main(argv: list[str]) -> None:
         if _ABSTRACT.value:
             rows.append((size, abstract_largest_device_bytes(config, mesh)))
         else:
-            _, state, _ = init_state(_ModelOnly(config), config, mesh)
+            _, state, _ = init_state(_task(config), config, mesh)
             rows.append((size, largest_device_bytes(state)))
             del state
     how = "from the shardings" if _ABSTRACT.value else "held by the arrays"

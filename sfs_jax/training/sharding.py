@@ -23,6 +23,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -101,15 +102,17 @@ def sharded_fraction(arrays: Any) -> float:
     return sum(size for size, split in sizes if split) / total if total else 0.0
 
 
-def init_sharded(make_state: Callable[[], Any], mesh: jax.sharding.Mesh,
-                 rules: Sequence[tuple[str, str | None]] = DEFAULT_RULES) -> tuple[Any, Any]:
-    """(state, shardings): ``make_state()`` run under ``jit`` straight into its shardings.
+def init_sharded(make: Callable[[], Any], mesh: jax.sharding.Mesh,
+                 rules: Sequence[tuple[str, str | None]] = DEFAULT_RULES) -> tuple[nnx.GraphDef, Any]:
+    """(graphdef, state) of the modules ``make()`` builds, the state made under ``jit`` straight into its shardings.
 
-    Each device computes only its own slices, so a model whose state exceeds one
-    device's memory is never whole anywhere.
+    The constructor is traced once abstractly (graphdef and shapes, from which the
+    shardings follow), then run under ``jit``: each device computes only its own slices,
+    so a model whose state exceeds one device's memory is never whole anywhere.
     """
-    shardings = state_shardings(jax.eval_shape(make_state), mesh, rules)
-    return jax.jit(make_state, out_shardings=shardings)(), shardings
+    graphdef, abstract = nnx.split(nnx.eval_shape(make))
+    shardings = state_shardings(abstract, mesh, rules)
+    return graphdef, jax.jit(lambda: nnx.state(make()), out_shardings=shardings)()
 
 
 def shard_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:

@@ -133,8 +133,7 @@ def init_state(task: Task, config: ml_collections.ConfigDict, mesh: jax.sharding
         model = task.make_model(nnx.Rngs(params=config.train.seed))
         return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
-    graphdef, _ = nnx.split(nnx.eval_shape(make))
-    state, _ = sharding.init_sharded(lambda: nnx.state(make()), mesh, mesh_rules(config))
+    graphdef, state = sharding.init_sharded(make, mesh, mesh_rules(config))
     return graphdef, state, schedule
 
 
