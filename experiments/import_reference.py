@@ -30,10 +30,7 @@ from experiments.configs import sfs as sfs_configs
 from sfs_jax.model import bar_vae
 from sfs_jax.model.config import ModelConfig
 from sfs_jax.reference import weights as weights_lib
-from sfs_jax.training.restore import write_run
-
-VAE_SUBDIR = "bar_vae"
-
+from sfs_jax.training.restore import VAE_SUBDIR, write_run
 
 
 def define_flags() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -92,13 +93,6 @@ class Run:
         return {row["step"]: row["loss"] for row in rows}
 
 
-def _copy(source: Path, target: Path) -> Path:
-    import shutil
-
-    shutil.copytree(source, target)
-    return target
-
-
 @pytest.fixture(scope="module")
 def runs(tiny_synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     root = tmp_path_factory.mktemp("multiprocess")
@@ -111,8 +105,10 @@ def runs(tiny_synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory)
              "two_4_fsdp": Run(tiny_synthetic_dataset, root / "two_4_fsdp", 4, 2, cache, "--config.mesh.fsdp=2")}
     logs = {name: run.wait() for name, run in first.items()}
     # Resume each 2-step run in the other process count, to 4 steps.
-    second = {"two_then_one": Run(tiny_synthetic_dataset, _copy(root / "two_2", root / "two_then_one"), 4, 1, cache),
-              "one_then_two": Run(tiny_synthetic_dataset, _copy(root / "one_2", root / "one_then_two"), 4, 2, cache)}
+    resumed = {name: shutil.copytree(root / source, root / name)
+               for name, source in (("two_then_one", "two_2"), ("one_then_two", "one_2"))}
+    second = {"two_then_one": Run(tiny_synthetic_dataset, resumed["two_then_one"], 4, 1, cache),
+              "one_then_two": Run(tiny_synthetic_dataset, resumed["one_then_two"], 4, 2, cache)}
     logs.update({name: run.wait() for name, run in second.items()})
     all_runs = {**first, **second}
     for name, run in all_runs.items():
@@ -186,7 +182,7 @@ def global_view_runs(tiny_synthetic_dataset: Path, tmp_path_factory: pytest.Temp
                              timeout=TIMEOUT_S)
     assert trained.returncode == 0, trained.stderr[-3000:]
     runs = {"one": Run(tiny_synthetic_dataset, root / "one_g", 2, 1, cache, vae=vae),
-            "two": Run(tiny_synthetic_dataset, root / "two_g", 2, 2, cache, vae=_copy(vae, root / "vae_two"))}
+            "two": Run(tiny_synthetic_dataset, root / "two_g", 2, 2, cache, vae=shutil.copytree(vae, root / "vae_two"))}
     for run in runs.values():
         run.wait()
     return {**runs, "vae_one": vae, "vae_two": root / "vae_two"}

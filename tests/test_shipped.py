@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -86,20 +87,13 @@ def test_export_refuses_a_non_empty_folder(tiny_run: Path, exported: Path) -> No
         shipped.export(tiny_run, exported, {})
 
 
-def _copy(folder: Path, target: Path) -> Path:
-    target.mkdir()
-    for path in folder.iterdir():
-        (target / path.name).write_bytes(path.read_bytes())
-    return target
-
-
 def test_damaged_copies_are_refused_and_nothing_is_materialized(exported: Path, tmp_path: Path) -> None:
-    truncated = _copy(exported, tmp_path / "truncated")
+    truncated = shutil.copytree(exported, tmp_path / "truncated")
     data = (truncated / "sfs.npz").read_bytes()
     (truncated / "sfs.npz").write_bytes(data[: len(data) // 2])
-    missing = _copy(exported, tmp_path / "missing")
+    missing = shutil.copytree(exported, tmp_path / "missing")
     (missing / "bar_vae_config.json").unlink()
-    renamed = _copy(exported, tmp_path / "renamed")
+    renamed = shutil.copytree(exported, tmp_path / "renamed")
     with np.load(exported / "sfs.npz") as stored:
         arrays = {key: stored[key] for key in stored.files}
     key = sorted(arrays)[0]

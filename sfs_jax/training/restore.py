@@ -24,6 +24,10 @@ from sfs_jax.training.checkpoint import Checkpoints, read_meta
 from sfs_jax.training.tasks import model_config_from, upgrade_saved_config
 from sfs_jax.training.train import make_optimizer
 
+# Where a run keeps the bar VAE it was trained with, when the VAE travels inside it (an imported or
+# shipped model): its config names it relative to the run, and ``saved_config`` resolves it.
+VAE_SUBDIR = "bar_vae"
+
 
 def make_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
     """The model a training config describes (SFS/Flat or the bar VAE)."""

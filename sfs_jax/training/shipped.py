@@ -31,12 +31,11 @@ import numpy as np
 from flax import nnx
 
 from sfs_jax.model import bar_vae
-from sfs_jax.training.restore import load_trained, make_model, write_run
+from sfs_jax.training.restore import VAE_SUBDIR, load_trained, make_model, write_run
 
 SHIPPED_ROOT = Path(__file__).resolve().parent.parent / "pretrained"
 DEFAULT_MODEL = "pop909_small"
 CACHE_ENV = "SFS_JAX_SHIPPED_DIR"  # where materialized runs go (default ~/.cache/sfs_jax/shipped)
-VAE_SUBDIR = "bar_vae"
 PARTS = ("sfs", "bar_vae")
 
 
@@ -140,7 +139,8 @@ def materialize(folder: str | Path | None = None, root: str | Path | None = None
     folder = Path(folder) if folder is not None else shipped_dir()
     if not folder.is_dir():
         raise ShippedModelError(f"no shipped model at {folder}")
-    run = Path(root or cache_root()) / f"{folder.name}-{digest(folder)[:16]}"
+    content = digest(folder)
+    run = Path(root or cache_root()) / f"{folder.name}-{content[:16]}"
     if (run / "shipped.json").is_file():
         return run
     run.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +157,7 @@ def materialize(folder: str | Path | None = None, root: str | Path | None = None
                   {**source, "step": card.get("bar_vae_step", 0), "validation": card.get("bar_vae_validation", {})})
         write_run(staging, sfs_model, sfs_config,
                   {**source, "step": card.get("sfs_step", 0), "validation": card.get("sfs_validation", {})})
-        (staging / "shipped.json").write_text(json.dumps({"from": str(folder.resolve()), "digest": digest(folder)}))
+        (staging / "shipped.json").write_text(json.dumps({"from": str(folder.resolve()), "digest": content}))
         try:
             staging.rename(run)
         except OSError:  # another process materialized it first
