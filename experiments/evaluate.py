@@ -39,6 +39,7 @@ from absl import app, flags
 
 from experiments import cli, pipeline
 from sfs_jax.evaluation import paired, protocol
+from sfs_jax.music import audio
 from sfs_jax.music.structure import StructureError
 from sfs_jax.training import shipped
 
@@ -60,6 +61,10 @@ def define_flags() -> None:
     flags.DEFINE_string("out", "runs/evaluation", "Output folder.")
     flags.DEFINE_integer("seed", 0, "Seed of the seed-song draw, the compose orders and the sampling keys.")
     flags.DEFINE_integer("workers", 2, "Processes for a dataset build, if one is needed.")
+    flags.DEFINE_enum("si_source", "notes", list(protocol.SI_SOURCES), "SI from the notes, or from each song "
+                      "rendered with a sampled piano (librosa's STFT chroma, as the paper's MusDr); with audio the "
+                      "per-song CSV keeps SI_*_notes beside SI_*.")
+    flags.DEFINE_bool("audio", False, "Write a WAV beside each generated song's MIDI (the sampled piano).")
     flags.DEFINE_string("baseline", "flat", "Model the others are paired with (paired.md); skipped when it is not "
                         "among --models or is the only one.")
 
@@ -89,9 +94,12 @@ def make_plan(args: flags.FlagValues | SimpleNamespace) -> protocol.ProtocolPlan
             models=specs, dataset_dir=resolve_dataset(args.dataset_dir, configs[0], args.workers),
             out=Path(args.out), split=args.split, num_seeds=args.num_seeds, structures=tuple(args.structures),
             top_p=args.top_p, samples_per_seed=args.samples_per_seed, seed=args.seed, seed_bars=args.seed_bars,
-            plot_examples=args.plot_examples)
+            plot_examples=args.plot_examples, si_source=getattr(args, "si_source", "notes"),
+            write_audio=getattr(args, "audio", False))
+        if config.si_source == "audio" or config.write_audio:
+            audio.find_soundfont()  # no SoundFont: refused before anything is composed
         return protocol.prepare(config)
-    except (StructureError, FileNotFoundError, ValueError) as err:
+    except (StructureError, FileNotFoundError, ValueError, audio.AudioError) as err:
         raise app.UsageError(str(err)) from err
 
 

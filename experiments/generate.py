@@ -5,7 +5,8 @@ r"""Compose songs from a structure (and optionally a seed MIDI) with a trained S
 
 Writes, per sample, ``song_<i>.mid`` (the seed's tempo or ``--tempo``, 4/4, one
 marker per segment with its label, the seed segment flagged), ``song_<i>.png`` (a
-piano roll with labelled segment bands) and ``report.json`` (structure, order,
+piano roll with labelled segment bands), with ``--audio`` ``song_<i>.wav`` (rendered
+with a sampled General MIDI piano, ``sfs_jax.music.audio``), and ``report.json`` (structure, order,
 contexts chosen per segment, speed). Every input is checked before anything is
 written: an impossible structure, an unknown order index, an unreadable seed or a
 missing checkpoint is a clear error and ``--out`` is left untouched. Without
@@ -26,7 +27,7 @@ import tqdm
 from absl import app, flags, logging
 
 from experiments import cli
-from sfs_jax.music import midi_io
+from sfs_jax.music import audio, midi_io
 from sfs_jax.music.pianoroll import write_pianoroll
 from sfs_jax.music.structure import StructureError, format_structure, parse_structure, validate_compose_order
 from sfs_jax.sampling.composer import Callbacks, ComposeRequest, context_summary, fit_seed, load_composer, plan_order
@@ -50,6 +51,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed: the same seed reproduces the
 _TEMPO = flags.DEFINE_float("tempo", 0.0, "Tempo in BPM (default: the seed's, else 100).")
 _OUT = flags.DEFINE_string("out", "runs/generated", "Output folder.")
 _RUNS = flags.DEFINE_string("runs_dir", "runs", "Where --checkpoint=newest looks.")
+_AUDIO = flags.DEFINE_bool("audio", False, "Also write song_<i>.wav beside each MIDI: a sampled piano (the system's "
+                           "General MIDI SoundFont, Debian's fluid-soundfont-gm), 22050 Hz mono.")
 
 
 def resolve_checkpoint(checkpoint: str, runs_dir: str | Path) -> Path:
@@ -118,7 +121,8 @@ def main(argv: list[str]) -> None:
         request = build_request(_STRUCTURE.value, _SEED_MIDI.value, _SEED_SEGMENT.value, _SEED_FIT.value,
                                 _ORDER.value, _TEMPO.value)
         checkpoint = resolve_checkpoint(_CHECKPOINT.value, _RUNS.value)
-    except (StructureError, midi_io.MidiSkip, FileNotFoundError, ValueError) as err:
+        renderer = audio.PianoRenderer() if _AUDIO.value else None  # no SoundFont: refused before composing
+    except (StructureError, midi_io.MidiSkip, FileNotFoundError, ValueError, audio.AudioError) as err:
         raise app.UsageError(str(err)) from err
     sampling = SamplingConfig(temperature=_TEMPERATURE.value, top_p=_TOP_P.value, top_k=_TOP_K.value)
     composer, meta = load_composer(str(checkpoint), sampling)
@@ -140,6 +144,9 @@ def main(argv: list[str]) -> None:
         midi_io.write_midi(out / f"song_{i}.mid", song.notes_Nx4, song.tempo_bpm, song.segments, result.seed_segment)
         write_pianoroll(out / f"song_{i}.png", song.notes_Nx4, song.n_bars, song.segments, result.seed_segment,
                         title=f"{format_structure(song.segments)} (sample {i}, seed {_SEED.value})")
+        if renderer is not None:
+            audio.write_wav(out / f"song_{i}.wav", renderer.render(song.notes_Nx4, song.tempo_bpm),
+                            renderer.sample_rate)
     written_beats = _NUM_SAMPLES.value * 4 * sum(request.segments[i].n_bars for i in results[0].contexts)
     report = {
         "structure": format_structure(request.segments), "checkpoint": str(checkpoint),

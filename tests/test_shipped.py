@@ -21,6 +21,7 @@ from experiments.configs import sfs as sfs_configs
 from sfs_jax.model import bar_vae
 from sfs_jax.model.config import model_config
 from sfs_jax.model.sfs import SFSModel
+from sfs_jax.music import audio
 from sfs_jax.sampling.composer import load_composer
 from sfs_jax.training import shipped
 from sfs_jax.training.restore import load_trained, write_run
@@ -109,13 +110,23 @@ def test_damaged_copies_are_refused_and_nothing_is_materialized(exported: Path, 
     assert not cache.exists() or not any(cache.iterdir())
 
 
+def _have_soundfont() -> bool:
+    try:
+        audio.find_soundfont()
+    except audio.AudioError:
+        return False
+    return True
+
+
 def test_generate_composes_with_the_shipped_model_by_default(tmp_path: Path) -> None:
     """The README's promise on a fresh clone: no checkpoint, no ../shared, a song in well under a minute of CPU."""
     out = tmp_path / "songs"
     env = {**os.environ, shipped.CACHE_ENV: str(tmp_path / "shipped"), "SFS_JAX_CACHE_DIR": str(tmp_path / "xla")}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with_audio = _have_soundfont()
     result = subprocess.run([sys.executable, "-m", "experiments.generate", "--structure=A8 B8 A8 C4",
-                             f"--out={out}"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+                             f"--out={out}", f"--audio={with_audio}"], cwd=REPO_ROOT, env=env, capture_output=True,
+                            text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(f"generate with the shipped model (materialize + compile + compose): "
@@ -126,3 +137,8 @@ def test_generate_composes_with_the_shipped_model_by_default(tmp_path: Path) -> 
     notes = [note for track in score.tracks for note in track.notes]
     assert len(notes) > 50 and max(note.time for note in notes) < 28 * 4
     assert (out / "song_0.png").is_file()
+    if with_audio:  # --audio: a WAV as long as the MIDI (plus the piano's release), not silence
+        samples, rate = audio.read_wav(out / "song_0.wav")
+        midi_seconds = symusic.Score(str(out / "song_0.mid"), ttype="second").end()
+        assert abs(len(samples) / rate - midi_seconds) < 0.5
+        assert np.sqrt(np.mean(samples ** 2)) > 1e-3

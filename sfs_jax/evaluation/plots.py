@@ -10,7 +10,6 @@ metric (``sfs_jax.evaluation.metrics``), so a picture and a number cannot disagr
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from sfs_jax.evaluation import metrics as metrics_lib
+from sfs_jax.evaluation import structureness
 from sfs_jax.music import notes as notes_lib
 from sfs_jax.music.pianoroll import label_colours
 from sfs_jax.music.song import Song
@@ -29,12 +29,12 @@ from sfs_jax.music.song import Song
 _PANEL_INCHES = 4.6
 
 
-def similarity_and_scape(song: Song) -> tuple[np.ndarray, metrics_lib.FitnessScape]:
-    """(enhanced SSM [T, T] in [0, 1], fitness scape) at 2 Hz, computed as ``structureness_indicator`` does."""
-    n_frames = math.ceil(metrics_lib.song_seconds(song) * metrics_lib.FEATURE_RATE_HZ - 1e-9)
-    chroma_Tx12 = metrics_lib.chroma_2hz(np.asarray(song.notes_Nx4), song.tempo_bpm, n_frames=n_frames)
-    ssm_TxT = metrics_lib.self_similarity(chroma_Tx12)
-    scape = metrics_lib.fitness_scape(metrics_lib.threshold_similarity(ssm_TxT))
+def similarity_and_scape(song: Song) -> tuple[np.ndarray, structureness.FitnessScape]:
+    """(enhanced SSM [T, T], fitness scape) at 2 Hz, computed as ``structureness_indicator`` does."""
+    chroma_Tx12 = structureness.note_chroma_10hz(np.asarray(song.notes_Nx4), song.tempo_bpm,
+                                                 metrics_lib.song_seconds(song))
+    ssm_TxT = structureness.self_similarity(structureness.smooth_downsample(chroma_Tx12))
+    scape = structureness.fitness_scape(structureness.threshold_similarity(ssm_TxT))
     return ssm_TxT, scape
 
 
@@ -44,7 +44,7 @@ def segment_times_s(song: Song) -> list[tuple[float, float, str]]:
     return [(s.start_bar * seconds_per_bar, s.end_bar * seconds_per_bar, s.label) for s in song.segments]
 
 
-def centred_scape(scape: metrics_lib.FitnessScape) -> np.ndarray:
+def centred_scape(scape: structureness.FitnessScape) -> np.ndarray:
     """``[L, T]`` image of the scape plot in the usual layout: column = segment centre, row = length.
 
     Row l (length l + 1 frames) is the row of ``filled()`` shifted right by
@@ -61,7 +61,7 @@ def centred_scape(scape: metrics_lib.FitnessScape) -> np.ndarray:
 
 
 def _draw_ssm(ax: plt.Axes, ssm_TxT: np.ndarray, song: Song) -> None:
-    rate = metrics_lib.FEATURE_RATE_HZ
+    rate = structureness.FEATURE_RATE_HZ
     extent = (0, len(ssm_TxT) / rate, len(ssm_TxT) / rate, 0)
     image = ax.imshow(ssm_TxT, cmap="magma", vmin=0, vmax=1, extent=extent, interpolation="nearest")
     colours = label_colours(song.segments)
@@ -74,18 +74,18 @@ def _draw_ssm(ax: plt.Axes, ssm_TxT: np.ndarray, song: Song) -> None:
     plt.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
 
 
-def _draw_scape(ax: plt.Axes, scape: metrics_lib.FitnessScape, song: Song) -> None:
-    rate = metrics_lib.FEATURE_RATE_HZ
+def _draw_scape(ax: plt.Axes, scape: structureness.FitnessScape, song: Song) -> None:
+    rate = structureness.FEATURE_RATE_HZ
     image_LxT = centred_scape(scape)
     n_lengths, n_frames = image_LxT.shape
     image = ax.imshow(image_LxT, cmap="viridis", origin="lower", aspect="auto", interpolation="nearest",
                       extent=(0, n_frames / rate, 0.5 / rate, (n_lengths + 0.5) / rate))
     for start, _, _ in segment_times_s(song):
         ax.axvline(start, color="0.5", linewidth=0.5)
-    for lower_s, _ in metrics_lib.PAPER_SI_RANGES_S:  # where each SI duration range starts
+    for lower_s, _ in structureness.PAPER_SI_RANGES_S:  # where each SI duration range starts
         ax.axhline(lower_s, color="white", linestyle="--", linewidth=0.6)
-    ax.set_title("  ".join(f"{metrics_lib.si_key(lo, hi)}={scape.max_fitness(lo, hi):.3f}"
-                           for lo, hi in metrics_lib.PAPER_SI_RANGES_S), fontsize=8)
+    ax.set_title("  ".join(f"{structureness.si_key(lo, hi)}={scape.max_fitness(lo, hi):.3f}"
+                           for lo, hi in structureness.PAPER_SI_RANGES_S), fontsize=8)
     ax.set_xlabel("segment centre (s)")
     ax.set_ylabel("segment duration (s)")
     plt.colorbar(image, ax=ax, fraction=0.046, pad=0.04)

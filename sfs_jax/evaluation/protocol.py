@@ -28,7 +28,8 @@ from absl import logging
 from scipy import stats
 
 from sfs_jax.evaluation import metrics as metrics_lib
-from sfs_jax.evaluation import plots
+from sfs_jax.evaluation import plots, structureness
+from sfs_jax.music import audio as audio_lib
 from sfs_jax.music import midi_io
 from sfs_jax.music import notes as notes_lib
 from sfs_jax.music.pianoroll import write_pianoroll
@@ -47,7 +48,8 @@ SEED_FIT = "pad"  # the seed is trimmed here; the composer only keeps trailing r
 REAL = "real"
 CONFIDENCE = 0.95
 SPEED = "beats_per_second"
-SI_KEYS = tuple(metrics_lib.si_key(lo, hi) for lo, hi in metrics_lib.PAPER_SI_RANGES_S)
+SI_KEYS = tuple(structureness.si_key(lo, hi) for lo, hi in structureness.PAPER_SI_RANGES_S)
+SI_SOURCES = ("notes", "audio")
 # (key in the rows, column title in results.md), in table order.
 COLUMNS: tuple[tuple[str, str], ...] = (
     (SI_KEYS[0], "SI 2-8"), (SI_KEYS[1], "SI 8-16"), (SI_KEYS[2], "SI 16+"),
@@ -366,22 +368,41 @@ def real_seed_segment(song: Song) -> int:
     return default_compose_order(song.segments, np.random.default_rng(0))[0]
 
 
-def generated_row(song: GeneratedSong) -> dict[str, Any]:
+def song_scores(song: Song, seed_segment: int | None, renderer: audio_lib.PianoRenderer | None = None,
+                si_from_audio: bool = False) -> tuple[dict[str, float], np.ndarray | None]:
+    """Every metric of one song, and its audio over its bars when ``renderer`` is given.
+
+    With ``si_from_audio``, SI_* are from that audio (the paper's SI source) and
+    SI_*_notes keep the SI from notes beside them.
+    """
+    scores = metrics_lib.song_metrics(song, seed_segment)
+    if renderer is None:
+        if si_from_audio:
+            raise ValueError("SI from audio needs a renderer")
+        return scores, None
+    samples = renderer.render(song.notes_Nx4, song.tempo_bpm, metrics_lib.song_seconds(song))
+    if si_from_audio:
+        from_audio = structureness.si_from_chroma(audio_lib.stft_chroma(samples, renderer.sample_rate))
+        scores = {**scores, **from_audio, **{f"{key}_notes": scores[key] for key in SI_KEYS}}
+    return scores, samples
+
+
+def generated_row(song: GeneratedSong, scores: Mapping[str, float]) -> dict[str, Any]:
     """Per-song record of a generated song: identity, timing and every metric."""
     result = song.composed
     return {"model": song.model, "structure": song.structure.name, "seed_song_id": song.seed.song_id,
             "sample": song.sample, "n_bars": result.song.n_bars, "tempo_bpm": result.song.tempo_bpm,
             "seed_segment": result.seed_segment, "compose_seconds": song.seconds,
-            SPEED: song.beats_per_second, **metrics_lib.song_metrics(result.song, result.seed_segment)}
+            SPEED: song.beats_per_second, **scores}
 
 
-def real_row(song: Song) -> dict[str, Any]:
+def real_row(song: Song, renderer: audio_lib.PianoRenderer | None = None) -> dict[str, Any]:
     """Per-song record of a real song, scored by the same code; no speed."""
     seed_segment = real_seed_segment(song)
     return {"model": REAL, "structure": "".join(f"{s.label}{s.n_bars}" for s in song.segments),
             "seed_song_id": song.song_id, "sample": 0, "n_bars": song.n_bars, "tempo_bpm": song.tempo_bpm,
             "seed_segment": seed_segment, "compose_seconds": math.nan, SPEED: math.nan,
-            **metrics_lib.song_metrics(song, seed_segment)}
+            **song_scores(song, seed_segment, renderer, si_from_audio=renderer is not None)[0]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -588,6 +609,8 @@ class ProtocolConfig:
     seed: int = 0
     seed_bars: int = SEED_BARS
     plot_examples: int = 3
+    si_source: str = "notes"  # SI_* from the notes, or from the songs rendered to audio (as the paper)
+    write_audio: bool = False  # a WAV beside each generated song's MIDI
 
 
 @dataclasses.dataclass
@@ -606,6 +629,8 @@ def _check_numbers(config: ProtocolConfig) -> None:
         raise ValueError(f"seed_bars must be >= 1, got {config.seed_bars}")
     if config.plot_examples < 0:
         raise ValueError(f"plot_examples must be >= 0, got {config.plot_examples}")
+    if config.si_source not in SI_SOURCES:
+        raise ValueError(f"si_source must be one of {SI_SOURCES}, got {config.si_source!r}")
     SamplingConfig(top_p=config.top_p)  # validates top_p
 
 
@@ -638,6 +663,7 @@ def execute(plan: ProtocolPlan) -> ProtocolResult:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     sampling = SamplingConfig(top_p=config.top_p)
+    renderer = audio_lib.PianoRenderer() if config.si_source == "audio" or config.write_audio else None
     rows, generated, model_lines = [], [], []
     for spec, model_config in zip(config.models, plan.model_configs, strict=True):
         composer, meta = load_composer(str(spec.workdir), sampling)
@@ -645,11 +671,15 @@ def execute(plan: ProtocolPlan) -> ProtocolResult:
         songs = compose_all(composer, spec.name, plan.structures, plan.seeds, config.samples_per_seed, config.seed)
         del composer  # free it before the next model is loaded
         for song in songs:
-            write_song_files(out, song)
-            rows.append(generated_row(song))
+            scores, samples = song_scores(song.composed.song, song.composed.seed_segment, renderer,
+                                          si_from_audio=config.si_source == "audio")
+            midi, _ = write_song_files(out, song)
+            if config.write_audio:
+                audio_lib.write_wav(midi.with_suffix(".wav"), samples, renderer.sample_rate)
+            rows.append(generated_row(song, scores))
         plot_examples(out, spec.name, generated_examples(songs, config.plot_examples))
         generated += songs
-    rows += [real_row(song) for song in plan.real_songs]
+    rows += [real_row(song, renderer if config.si_source == "audio" else None) for song in plan.real_songs]
     plot_examples(out, REAL, [(f"{s.song_id} (real)", s) for s in plan.real_songs[:config.plot_examples]])
     summary = summarize(rows)
     write_summary_csv(out / "results.csv", summary, ("model",))
