@@ -15,6 +15,7 @@ Properties proved here:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import subprocess
 import sys
@@ -29,8 +30,9 @@ from scipy import stats
 
 from experiments import evaluate
 from experiments.configs import sfs as sfs_configs
+from sfs_jax.evaluation import metrics as metrics_lib
 from sfs_jax.evaluation import paired, protocol
-from sfs_jax.music import midi_io
+from sfs_jax.music import audio, midi_io
 from sfs_jax.music import notes as notes_lib
 from sfs_jax.music.song import Song
 from sfs_jax.music.structure import StructureError, segments_from_lengths
@@ -99,7 +101,7 @@ def test_tables_have_one_row_per_model_and_real_with_marked_intervals(evaluation
     for name in ("sfs", "flat", protocol.REAL, "WholeSong (paper only)"):
         assert f"| {name} |" in markdown
     assert "n=1, no CI" in markdown and "0.3286" in markdown  # marked n=1 cells; the paper's SFS SI 2-8
-    assert "not comparable" in markdown
+    assert "SI here is MusDr's, from notes" in markdown
     with open(out / "per_song.csv") as f:
         assert len(list(csv.DictReader(f))) == 2 * SAMPLES + 1
 
@@ -122,6 +124,30 @@ def test_midi_markers_match_the_structure_and_the_seed_is_unchanged(evaluation) 
         np.testing.assert_array_equal(notes_lib.notes_in_bars(read_back, 0, 2), expected_seed)
         assert (out / "pianoroll" / song.model / STRUCTURE / midi.with_suffix(".png").name).is_file()
     assert len(notes_lib.notes_in_bars(result.generated[0].composed.song.notes_Nx4, 2, 6)) > 0  # B, A written
+
+
+def test_si_from_audio_and_wavs_beside_the_midi(workdirs: dict[str, Path], tiny_synthetic_dataset: Path,
+                                                tmp_path: Path) -> None:
+    try:
+        audio.find_soundfont()
+    except audio.AudioError as error:
+        pytest.skip(f"no SoundFont to render with: {error}")
+    config = protocol.ProtocolConfig(
+        models=protocol.parse_model_specs([f"sfs={workdirs['sfs']}"]), dataset_dir=tiny_synthetic_dataset,
+        out=tmp_path, num_seeds=1, structures=(STRUCTURE,), samples_per_seed=1, seed=0, plot_examples=0,
+        si_source="audio", write_audio=True)
+    result = protocol.run_protocol(config)
+    for row in result.rows:  # SI from audio, and from notes beside it, for generated and real songs
+        for key in protocol.SI_KEYS:
+            assert 0.0 <= row[key] < 1.0 and 0.0 <= row[f"{key}_notes"] < 1.0, (row["model"], key)
+    wavs = sorted((tmp_path / "midi").rglob("*.wav"))
+    assert len(wavs) == 1 and wavs[0].with_suffix(".mid").is_file()
+    samples, rate = audio.read_wav(wavs[0])
+    song = result.generated[0].composed.song
+    assert abs(len(samples) / rate - metrics_lib.song_seconds(song)) < 0.01
+    assert "SI here is MusDr's, from audio" in (tmp_path / "results.md").read_text()
+    with pytest.raises(ValueError, match="si_source"):
+        protocol.prepare(dataclasses.replace(config, si_source="video"))
 
 
 def test_plots_exist(evaluation) -> None:

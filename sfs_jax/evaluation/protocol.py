@@ -50,6 +50,8 @@ CONFIDENCE = 0.95
 SPEED = "beats_per_second"
 SI_KEYS = tuple(structureness.si_key(lo, hi) for lo, hi in structureness.PAPER_SI_RANGES_S)
 SI_SOURCES = ("notes", "audio")
+SI_SOURCE_NOTES = {"notes": "the paper used rendered audio: --si_source=audio",
+                   "audio": "the songs rendered with a sampled piano, as the paper"}
 # (key in the rows, column title in results.md), in table order.
 COLUMNS: tuple[tuple[str, str], ...] = (
     (SI_KEYS[0], "SI 2-8"), (SI_KEYS[1], "SI 8-16"), (SI_KEYS[2], "SI 16+"),
@@ -100,14 +102,15 @@ PROTOCOL_NOTES = """\
   seed adherence is the first segment of the default compose order
   (``default_compose_order(...)[0]``: the segment of the label covering the most bars
   whose start is closest to the song's middle; that step draws nothing at random).
-- **Metrics** per song: ``metrics.song_metrics`` (SI 2-8/8-16/16+ s from notes,
+- **Metrics** per song: ``metrics.song_metrics`` (MusDr's SI 2-8/8-16/16+ s from notes,
+  or with ``si_source="audio"`` from the song rendered with a sampled piano,
   seed adherence, structure contrast and AUC, pitch-class entropy over 1 and 4 bars,
   grooving similarity) and the generation speed: beats written (every segment but
   the seed, all samples of the batch) per wall-clock second of one ``compose`` call,
   after one warm-up call per model that compiles every sampler program used.
 - **Statistics.** Each cell is the mean over songs with a finite value and a 95%
-  Student t-interval (``t_interval``). A metric can be undefined for a song (SI 16+
-  of a song under 16 s; seed adherence when the seed's label occurs once): those
+  Student t-interval (``t_interval``). A metric can be undefined for a song (seed
+  adherence when the seed's label occurs once; SI is MusDr's 0 where nothing fits): those
   songs are left out of that cell and its n says so. n = 1 gives no interval and is
   marked. Songs sharing a seed song are not independent, so the interval is
   optimistic when ``samples_per_seed`` > 1 or over structures; the per-song CSV
@@ -512,7 +515,7 @@ def _paper_cell(name: str, si_index: int) -> str:
 
 
 def results_markdown(summary: Sequence[Mapping[str, Any]], header_lines: Sequence[str],
-                     model_lines: Sequence[str]) -> str:
+                     model_lines: Sequence[str], si_source: str = "notes") -> str:
     """The results table, our SI next to the paper's, and the notes needed to read it."""
     titles = ["model", "songs"]
     for key, title in COLUMNS:
@@ -534,14 +537,14 @@ def results_markdown(summary: Sequence[Mapping[str, Any]], header_lines: Sequenc
     lines += [
         "",
         f"Cells: mean ± half-width of the {CONFIDENCE:.0%} Student t-interval over songs (t-interval, not "
-        "bootstrap); songs without a value for a metric (SI 16+ of a song under 16 s, seed adherence when the "
-        "seed's label occurs once) are left out and the cell shows its n; n=1 has no interval. Songs from one "
+        "bootstrap); songs without a value for a metric (seed adherence when the seed's label occurs once) are "
+        "left out and the cell shows its n; n=1 has no interval. Songs from one "
         "seed song are not independent, so intervals over structures or samples are optimistic.",
         "",
-        "**Paper columns are not comparable in absolute value.** SFS.md section 5's SI was computed from rendered "
-        "audio; ours is computed from notes (generated songs score noticeably higher at 16+). Compare models with "
-        "each other and with the `real` row, which goes through the same code. Paper rows are matched by model "
-        f"name (sfs, flat, real). Paper speed (RTX 4090, beats/s): {speed}.",
+        f"**SI here is MusDr's, from {si_source}** ({SI_SOURCE_NOTES[si_source]}"
+        "; `sfs_jax/evaluation/structureness.py`). The paper's audio came from its own renderer, so compare "
+        "models with each other and with the `real` row, which goes through the same code. Paper rows are matched "
+        f"by model name (sfs, flat, real). Paper speed (RTX 4090, beats/s): {speed}.",
         "",
         "beats/s: beats written per second of one batched compose call (every segment but the seed), after a "
         "warm-up call; it depends on the device and batch size.",
@@ -691,7 +694,7 @@ def execute(plan: ProtocolPlan) -> ProtocolResult:
               f"({', '.join(s.song_id for s in plan.seeds)}); structures "
               f"{', '.join(s.name for s in plan.structures)}; top_p={config.top_p}; {config.samples_per_seed} "
               f"sample(s) per seed song and structure; seed={config.seed}; {config.seed_bars}-bar seeds."]
-    markdown = results_markdown(summary, header, model_lines)
+    markdown = results_markdown(summary, header, model_lines, config.si_source)
     (out / "results.md").write_text(markdown)
     return ProtocolResult(rows, summary, generated, list(plan.seeds), markdown)
 
