@@ -10,4 +10,5 @@ fi
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet -r requirements.txt
+python -m pip install --quiet --no-deps -r requirements-nodeps.txt
 python -m experiments.quickstart "$@"
