@@ -5,7 +5,7 @@ model scores as it does. For each example song this draws the enhanced chroma
 self-similarity matrix with the song's segment boundaries (repeated segments show
 as off-diagonal stripes that start at those lines) and the fitness scape plot whose
 maxima over duration ranges are SI. Both come from the same functions as the
-metric (``sfs_jax.evaluation.metrics``), so a picture and a number cannot disagree.
+metric (``sfs_jax.evaluation.structureness``), so a picture and a number cannot disagree.
 """
 
 from __future__ import annotations
@@ -30,11 +30,16 @@ _PANEL_INCHES = 4.6
 
 
 def similarity_and_scape(song: Song) -> tuple[np.ndarray, structureness.FitnessScape]:
-    """(enhanced SSM [T, T], fitness scape) at 2 Hz, computed as ``structureness_indicator`` does."""
+    """(enhanced SSM [T, T], fitness scape) at 2 Hz, computed as ``structureness_indicator`` does.
+
+    The scape covers every length; its refinements are SI's, so the SI in a plot's
+    title equals the song's SI in the tables.
+    """
     chroma_Tx12 = structureness.note_chroma_10hz(np.asarray(song.notes_Nx4), song.tempo_bpm,
                                                  metrics_lib.song_seconds(song))
     ssm_TxT = structureness.self_similarity(structureness.smooth_downsample(chroma_Tx12))
-    scape = structureness.fitness_scape(structureness.threshold_similarity(ssm_TxT))
+    scape = structureness.fitness_scape(structureness.threshold_similarity(ssm_TxT),
+                                        refine_ranges_frames=structureness.si_frame_ranges())
     return ssm_TxT, scape
 
 
