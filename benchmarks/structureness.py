@@ -85,8 +85,7 @@ def grid_error(args: argparse.Namespace) -> None:
     """Prints, per song and range, exact SI, the default grid's SI, and the gap; then the worst gap."""
     ranges = structureness.PAPER_SI_RANGES_S
     keys = [structureness.si_key(lo, hi) for lo, hi in ranges]
-    frame_ranges = [structureness.length_range_frames(lo, hi) for lo, hi in ranges]
-    top = max(hi for _, hi in frame_ranges)
+    top = max(hi for _, hi in structureness.si_frame_ranges(ranges))
     worst = dict.fromkeys(keys, 0.0)
     print(f"\ngrid error: {structureness.ScapeGrid()} vs every segment up to {top} frames")
     print(f"  {'song':<22} {'T':>4}  " + "  ".join(f"{k + ' exact':>14} {'gap':>8}" for k in keys) + "  exact s")

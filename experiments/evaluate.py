@@ -94,8 +94,7 @@ def make_plan(args: flags.FlagValues | SimpleNamespace) -> protocol.ProtocolPlan
             models=specs, dataset_dir=resolve_dataset(args.dataset_dir, configs[0], args.workers),
             out=Path(args.out), split=args.split, num_seeds=args.num_seeds, structures=tuple(args.structures),
             top_p=args.top_p, samples_per_seed=args.samples_per_seed, seed=args.seed, seed_bars=args.seed_bars,
-            plot_examples=args.plot_examples, si_source=getattr(args, "si_source", "notes"),
-            write_audio=getattr(args, "audio", False))
+            plot_examples=args.plot_examples, si_source=args.si_source, write_audio=args.audio)
         if config.si_source == "audio" or config.write_audio:
             audio.find_soundfont()  # no SoundFont: refused before anything is composed
         return protocol.prepare(config)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from sfs_jax.model.config import ModelConfig, model_config
-from sfs_jax.music import midi_io
+from sfs_jax.music import audio, midi_io
 
 # One XLA compilation cache per test session: the same program compiled again (the
 # train step of a resumed run, a tiny config shared by several tests) is loaded from
@@ -45,6 +45,22 @@ def pop909_dir() -> Path:
     if not (POP909_DIR / "songs").is_dir():
         pytest.skip(f"POP909 not found at {POP909_DIR} (../shared/data/pop909 is absent on this machine)")
     return POP909_DIR
+
+
+def soundfont_missing() -> str | None:
+    """Why no song can be rendered here (no General MIDI SoundFont installed), or None when one can."""
+    try:
+        audio.find_soundfont()
+    except audio.AudioError as error:
+        return str(error)
+    return None
+
+
+def require_soundfont() -> None:
+    """A skip that says why, where no SoundFont is installed (``.ci/run`` installs fluid-soundfont-gm)."""
+    reason = soundfont_missing()
+    if reason is not None:
+        pytest.skip(f"no SoundFont to render with: {reason}")
 
 
 def scale_notes(n_bars: int, notes_per_bar: int = 8, seed: int = 0) -> np.ndarray:

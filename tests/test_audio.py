@@ -13,18 +13,13 @@ import pytest
 
 from sfs_jax.evaluation import structureness
 from sfs_jax.music import audio
-
-
-def _renderer() -> audio.PianoRenderer:
-    try:
-        return audio.PianoRenderer()
-    except audio.AudioError as error:
-        pytest.skip(f"no SoundFont to render with: {error}")
+from tests.conftest import require_soundfont
 
 
 @pytest.fixture(scope="module")
 def renderer() -> audio.PianoRenderer:
-    return _renderer()
+    require_soundfont()
+    return audio.PianoRenderer()
 
 
 def test_each_pitch_class_is_the_loudest_chroma_bin_of_its_note(renderer: audio.PianoRenderer) -> None:

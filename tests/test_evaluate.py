@@ -39,7 +39,7 @@ from sfs_jax.music.structure import StructureError, segments_from_lengths
 from sfs_jax.training import shipped, tasks
 from sfs_jax.training.checkpoint import Checkpoints
 from sfs_jax.training.train import train_and_evaluate
-from tests.conftest import REPO_ROOT, scale_notes
+from tests.conftest import REPO_ROOT, require_soundfont, scale_notes
 
 STRUCTURE = "A2B2A2"  # the tiny preset's window is 2 bars: no segment slides
 SAMPLES = 2  # two songs per model: intervals with n = 2; speed and real songs have n = 1
@@ -128,10 +128,7 @@ def test_midi_markers_match_the_structure_and_the_seed_is_unchanged(evaluation) 
 
 def test_si_from_audio_and_wavs_beside_the_midi(workdirs: dict[str, Path], tiny_synthetic_dataset: Path,
                                                 tmp_path: Path) -> None:
-    try:
-        audio.find_soundfont()
-    except audio.AudioError as error:
-        pytest.skip(f"no SoundFont to render with: {error}")
+    require_soundfont()
     config = protocol.ProtocolConfig(
         models=protocol.parse_model_specs([f"sfs={workdirs['sfs']}"]), dataset_dir=tiny_synthetic_dataset,
         out=tmp_path, num_seeds=1, structures=(STRUCTURE,), samples_per_seed=1, seed=0, plot_examples=0,
@@ -259,7 +256,7 @@ def test_cli_turns_bad_inputs_into_usage_errors(tmp_path: Path, monkeypatch: pyt
     args = SimpleNamespace(models=[f"sfs={tmp_path / 'missing'}"], dataset_dir="", split="test", num_seeds=1,
                            structures=list(protocol.PAPER_STRUCTURES), top_p=1.0, samples_per_seed=1,
                            seed_bars=protocol.SEED_BARS, plot_examples=1, out=str(tmp_path / "out"), seed=0,
-                           workers=1)
+                           workers=1, si_source="notes", audio=False)
     with pytest.raises(app.UsageError, match="no such folder"):
         evaluate.make_plan(args)
     # No --models: the shipped model is accepted, and the next check (the dataset) speaks.

@@ -25,7 +25,7 @@ from sfs_jax.music import audio
 from sfs_jax.sampling.composer import load_composer
 from sfs_jax.training import shipped
 from sfs_jax.training.restore import load_trained, write_run
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, soundfont_missing
 
 MAX_SHIPPED_BYTES = 20_000_000
 
@@ -110,20 +110,12 @@ def test_damaged_copies_are_refused_and_nothing_is_materialized(exported: Path, 
     assert not cache.exists() or not any(cache.iterdir())
 
 
-def _have_soundfont() -> bool:
-    try:
-        audio.find_soundfont()
-    except audio.AudioError:
-        return False
-    return True
-
-
 def test_generate_composes_with_the_shipped_model_by_default(tmp_path: Path) -> None:
     """The README's promise on a fresh clone: no checkpoint, no ../shared, a song in well under a minute of CPU."""
     out = tmp_path / "songs"
     env = {**os.environ, shipped.CACHE_ENV: str(tmp_path / "shipped"), "SFS_JAX_CACHE_DIR": str(tmp_path / "xla")}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    with_audio = _have_soundfont()
+    with_audio = soundfont_missing() is None
     result = subprocess.run([sys.executable, "-m", "experiments.generate", "--structure=A8 B8 A8 C4",
                              f"--out={out}", f"--audio={with_audio}"], cwd=REPO_ROOT, env=env, capture_output=True,
                             text=True, timeout=600)

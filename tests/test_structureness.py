@@ -118,8 +118,7 @@ def test_grid_scape_is_exact_where_evaluated_and_within_a_thousandth_at_the_maxi
     duration = song.n_bars * 4 * 60 / song.tempo_bpm
     ssm_TxT = st.thresholded_ssm_from_chroma(st.note_chroma_10hz(song.notes_Nx4, song.tempo_bpm, duration))
     n_frames = len(ssm_TxT)
-    ranges = [st.length_range_frames(lo, hi) for lo, hi in st.PAPER_SI_RANGES_S]
-    approx = st.fitness_scape(ssm_TxT, refine_ranges_frames=ranges)
+    approx = st.fitness_scape(ssm_TxT, refine_ranges_frames=st.si_frame_ranges())
     exact = st.fitness_scape(ssm_TxT, grid=st.ScapeGrid.exact(n_frames))
     evaluated = ~np.isnan(approx.fitness_LxT)
     assert 0 < evaluated[40:].mean() < 0.3  # long segments really are on a sparse grid

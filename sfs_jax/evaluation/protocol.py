@@ -371,23 +371,20 @@ def real_seed_segment(song: Song) -> int:
     return default_compose_order(song.segments, np.random.default_rng(0))[0]
 
 
-def song_scores(song: Song, seed_segment: int | None, renderer: audio_lib.PianoRenderer | None = None,
-                si_from_audio: bool = False) -> tuple[dict[str, float], np.ndarray | None]:
-    """Every metric of one song, and its audio over its bars when ``renderer`` is given.
+def render_song(renderer: audio_lib.PianoRenderer, song: Song) -> np.ndarray:
+    """The song played by the sampled piano over its bars (the audio SI and the WAV files use)."""
+    return renderer.render(song.notes_Nx4, song.tempo_bpm, metrics_lib.song_seconds(song))
 
-    With ``si_from_audio``, SI_* are from that audio (the paper's SI source) and
-    SI_*_notes keep the SI from notes beside them.
-    """
+
+def song_scores(song: Song, seed_segment: int | None, samples: np.ndarray | None = None,
+                sample_rate: int = audio_lib.SAMPLE_RATE) -> dict[str, float]:
+    """Every metric of one song; given its audio ``samples``, SI_* are from that audio (the paper's
+    SI source) and SI_*_notes keep the SI from notes beside them."""
     scores = metrics_lib.song_metrics(song, seed_segment)
-    if renderer is None:
-        if si_from_audio:
-            raise ValueError("SI from audio needs a renderer")
-        return scores, None
-    samples = renderer.render(song.notes_Nx4, song.tempo_bpm, metrics_lib.song_seconds(song))
-    if si_from_audio:
-        from_audio = structureness.si_from_chroma(audio_lib.stft_chroma(samples, renderer.sample_rate))
-        scores = {**scores, **from_audio, **{f"{key}_notes": scores[key] for key in SI_KEYS}}
-    return scores, samples
+    if samples is None:
+        return scores
+    from_audio = structureness.si_from_chroma(audio_lib.stft_chroma(samples, sample_rate))
+    return {**scores, **from_audio, **{f"{key}_notes": scores[key] for key in SI_KEYS}}
 
 
 def generated_row(song: GeneratedSong, scores: Mapping[str, float]) -> dict[str, Any]:
@@ -400,12 +397,13 @@ def generated_row(song: GeneratedSong, scores: Mapping[str, float]) -> dict[str,
 
 
 def real_row(song: Song, renderer: audio_lib.PianoRenderer | None = None) -> dict[str, Any]:
-    """Per-song record of a real song, scored by the same code; no speed."""
+    """Per-song record of a real song, scored by the same code (SI from its audio when ``renderer`` is given);
+    no speed."""
     seed_segment = real_seed_segment(song)
     return {"model": REAL, "structure": "".join(f"{s.label}{s.n_bars}" for s in song.segments),
             "seed_song_id": song.song_id, "sample": 0, "n_bars": song.n_bars, "tempo_bpm": song.tempo_bpm,
             "seed_segment": seed_segment, "compose_seconds": math.nan, SPEED: math.nan,
-            **song_scores(song, seed_segment, renderer, si_from_audio=renderer is not None)[0]}
+            **song_scores(song, seed_segment, None if renderer is None else render_song(renderer, song))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -674,12 +672,13 @@ def execute(plan: ProtocolPlan) -> ProtocolResult:
         songs = compose_all(composer, spec.name, plan.structures, plan.seeds, config.samples_per_seed, config.seed)
         del composer  # free it before the next model is loaded
         for song in songs:
-            scores, samples = song_scores(song.composed.song, song.composed.seed_segment, renderer,
-                                          si_from_audio=config.si_source == "audio")
+            composed = song.composed
+            samples = None if renderer is None else render_song(renderer, composed.song)
             midi, _ = write_song_files(out, song)
             if config.write_audio:
                 audio_lib.write_wav(midi.with_suffix(".wav"), samples, renderer.sample_rate)
-            rows.append(generated_row(song, scores))
+            si_samples = samples if config.si_source == "audio" else None
+            rows.append(generated_row(song, song_scores(composed.song, composed.seed_segment, si_samples)))
         plot_examples(out, spec.name, generated_examples(songs, config.plot_examples))
         generated += songs
     rows += [real_row(song, renderer if config.si_source == "audio" else None) for song in plan.real_songs]

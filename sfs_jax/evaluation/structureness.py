@@ -470,6 +470,13 @@ class _ScapeEvaluator:
         scores = _family_scores(lambda n: self.ssm_TxP[n][columns_WxK][:, :, None], self.n_frames, lengths_K, 1)
         self._record(lengths_K[:, None], starts_K[:, None], scores)
 
+    def _evaluate_missing(self, groups: list[list[tuple[int, int]]]) -> bool:
+        """Evaluates, in one programme, every (length, start) of the groups not evaluated yet; False if none was."""
+        todo = sorted({cell for group in groups for cell in group if np.isnan(self.fitness_LxT[cell[0] - 1, cell[1]])})
+        if todo:
+            self.evaluate_pairs(np.array([m for m, _ in todo]), np.array([s for _, s in todo]))
+        return bool(todo)
+
     def refine(self, lo: int, hi: int, grid: ScapeGrid, max_moves: int = 64) -> None:
         """Pattern searches for the maximum over lengths [lo, hi] from the best cells so far, all at once.
 
@@ -500,10 +507,7 @@ class _ScapeEvaluator:
                 lengths = [m for m in (length - h, length, length + h) if lo <= m <= top]
                 starts = [s for s in (start - h, start, start + h) if 0 <= s <= self.n_frames - min(lengths)]
                 blocks.append([(m, s) for m in lengths for s in starts if s + m <= self.n_frames])
-            todo = sorted({cell for block in blocks for cell in block
-                           if np.isnan(self.fitness_LxT[cell[0] - 1, cell[1]])})
-            if todo:
-                self.evaluate_pairs(np.array([m for m, _ in todo]), np.array([s for _, s in todo]))
+            self._evaluate_missing(blocks)
             for search, block in zip(searches, blocks, strict=True):
                 length, start, _ = search
                 best_cell = max(block, key=lambda cell: self.fitness_LxT[cell[0] - 1, cell[1]])
@@ -525,11 +529,8 @@ class _ScapeEvaluator:
             windows = [[(m, s) for m in range(length - radius, length + radius + 1) if lo <= m <= hi
                         for s in range(start - radius, start + radius + 1) if 0 <= s <= self.n_frames - m]
                        for length, start in points]
-            todo = sorted({cell for window in windows for cell in window
-                           if np.isnan(self.fitness_LxT[cell[0] - 1, cell[1]])})
-            if not todo:
+            if not self._evaluate_missing(windows):
                 break
-            self.evaluate_pairs(np.array([m for m, _ in todo]), np.array([s for _, s in todo]))
             for point, window in zip(points, windows, strict=True):
                 point[:] = max(window, key=lambda cell: self.fitness_LxT[cell[0] - 1, cell[1]])
 
@@ -597,6 +598,11 @@ def length_range_frames(lo_s: float, hi_s: float | None, rate_hz: float = FEATUR
     return int(lo_s * rate_hz), int(hi_s * rate_hz)
 
 
+def si_frame_ranges(ranges: Sequence[tuple[float, float | None]] = PAPER_SI_RANGES_S) -> list[tuple[int, int]]:
+    """``length_range_frames`` of each SI range: the lengths ``fitness_scape`` refines for them."""
+    return [length_range_frames(lo, hi) for lo, hi in ranges]
+
+
 def si_key(lo_s: float, hi_s: float | None) -> str:
     """'SI_2-8', 'SI_8-16', 'SI_16+'."""
     return f"SI_{lo_s:g}+" if hi_s is None else f"SI_{lo_s:g}-{hi_s:g}"
@@ -612,7 +618,7 @@ def si_from_chroma(chroma_10hz_Tx12: np.ndarray, ranges: Sequence[tuple[float, f
                    *, config: SSMConfig = SSMConfig(), grid: ScapeGrid = ScapeGrid()) -> dict[str, float]:
     """SI for each range from a 10 Hz chromagram (from notes or from audio): stages 2-6."""
     ssm_TxT = thresholded_ssm_from_chroma(chroma_10hz_Tx12, config)
-    frame_ranges = [length_range_frames(lo, hi) for lo, hi in ranges]
+    frame_ranges = si_frame_ranges(ranges)
     top = max(hi for _, hi in frame_ranges)
     scape = fitness_scape(ssm_TxT, grid=grid, max_length=top, refine_ranges_frames=frame_ranges)
     return {si_key(lo, hi): scape.max_fitness(lo, hi) for lo, hi in ranges}
