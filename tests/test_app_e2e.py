@@ -3,7 +3,8 @@
 Set a structure, import a seed, generate a segment and watch notes arrive, see a
 refused request leave the song alone, cancel a generation, undo and redo, export a
 MIDI whose markers match the structure and import it back; then edit notes on the
-piano roll, play, and save and reopen a project. Playwright is given the system
+piano roll, play (with the server's sampled piano, and with the browser's synth when
+the server cannot render), export WAV, and save and reopen a project. Playwright is given the system
 browser through ``executable_path``; ``playwright install`` (which downloads a
 browser) is never needed. Set SFS_APP_SCREENSHOT=path to keep a screenshot of the
 app after a generation.
@@ -19,6 +20,7 @@ import pytest
 
 from sfs_jax.music import midi_io
 from tests import serve_fixtures
+from tests.conftest import require_soundfont
 from tests.serve_fixtures import Served, write_seed_midi
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -308,3 +310,35 @@ def test_fields_files_and_panels_stay_truthful(page, tmp_path: Path) -> None:
     path.write_text(json.dumps(good))
     page.set_input_files("#project-file", str(path))
     page.wait_for_selector("body[data-structure='A2']")
+
+
+def test_playback_with_the_sampled_piano_export_wav_and_fallback(page, tmp_path: Path) -> None:
+    """Play fetches the song from /api/audio a few bars at a time and schedules it; a server that cannot
+    render makes the app say so and play on with the browser's synth piano."""
+    require_soundfont()
+    _set_structure(page, "A8 B8")  # 16 bars: four 4-bar chunks
+    page.evaluate("sfsApp.commit('add', () => { for (let b = 0; b < 16; b++) "
+                  "sfsApp.addNote({onset: 32 * b, pitch: 60 + b, velocity: 90, duration: 16}); })")
+    assert page.input_value("#piano-choice") == "sampled"
+    with page.expect_response("**/api/audio") as first:
+        page.click("#play")
+    assert first.value.status == 200 and first.value.headers["content-type"] == "audio/wav"
+    assert json.loads(first.value.request.post_data)["frames"] == [0, 128]
+    page.wait_for_selector("body[data-playing='sampled']")
+    page.wait_for_function("sfsApp.sampledPlayer.chunksPlayed >= 1 && sfsApp.ui.playhead > 4")
+    page.click("#play")
+    assert page.evaluate("sfsApp.ui.playhead") is None and page.evaluate("sfsApp.sampledPlayer.sources.size") == 0
+
+    with page.expect_download() as download:
+        page.click("#export-wav")
+    wav = Path(download.value.path()).read_bytes()
+    assert wav[:4] == b"RIFF" and wav[8:12] == b"WAVE" and len(wav) > 44_100 * 2 * 30  # 16 bars at 100 BPM: 38 s
+
+    page.route("**/api/audio", lambda route: route.fulfill(
+        status=503, content_type="application/json", body=json.dumps({"detail": "the server has no sampled piano"})))
+    page.click("#play")
+    page.wait_for_selector("body[data-playing='synth']")
+    assert "the server has no sampled piano" in page.text_content("#toast")
+    assert page.input_value("#piano-choice") == "synth"
+    page.wait_for_function("sfsApp.ui.playhead !== null && sfsApp.ui.playhead > 4")
+    page.click("#play")

@@ -15,6 +15,7 @@ frames, zero padding, periodic Hann window, power spectrogram), in numpy.
 
 from __future__ import annotations
 
+import io
 import os
 import wave
 from collections.abc import Sequence
@@ -127,20 +128,31 @@ class PianoRenderer:
         return np.clip(mono, -1.0, 1.0)
 
 
+def wav_bytes(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """``audio`` as the bytes of a 16-bit mono PCM WAV file (what ``write_wav`` writes and the app is served)."""
+    audio = np.asarray(audio, np.float32).reshape(-1)
+    if not np.all(np.isfinite(audio)):
+        raise AudioError("audio has non-finite samples")
+    pcm = np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(int(sample_rate))
+        out.writeframes(pcm.tobytes())
+    return buffer.getvalue()
+
+
 def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
     """16-bit mono PCM WAV, written to a temporary name and renamed, so a failure leaves no half file."""
     path = Path(path)
-    audio = np.asarray(audio, np.float32).reshape(-1)
-    if not np.all(np.isfinite(audio)):
-        raise AudioError(f"audio for {path} has non-finite samples")
-    pcm = np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
+    try:
+        data = wav_bytes(audio, sample_rate)
+    except AudioError as error:
+        raise AudioError(f"{path}: {error}") from None
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with wave.open(str(tmp), "wb") as out:
-            out.setnchannels(1)
-            out.setsampwidth(2)
-            out.setframerate(int(sample_rate))
-            out.writeframes(pcm.tobytes())
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

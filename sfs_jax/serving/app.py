@@ -17,6 +17,7 @@ API:
   DELETE /api/jobs/{id}        cancel a job
   POST   /api/midi/import      MIDI bytes -> notes, tempo, structure from markers
   POST   /api/midi/export      song JSON -> MIDI bytes (tempo, 4/4, one marker per segment, seed flagged)
+  POST   /api/audio            song JSON (+ frame range) -> WAV of the sampled piano (``song_audio``); 503 without one
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ from sfs_jax.music import notes as notes_lib
 from sfs_jax.music.structure import MAX_SONG_BARS, StructureError, parse_structure
 from sfs_jax.sampling.composer import Composer
 from sfs_jax.serving import midi_files
+from sfs_jax.serving.song_audio import AudioUnavailable, SongAudio
 from sfs_jax.serving.plan import build_plan, fill_order
 from sfs_jax.serving.schemas import (
+    AudioIn,
     GenerateIn,
     InvalidRequest,
     Limits,
@@ -231,6 +234,7 @@ def create_app(composer: Composer | Callable[[], Composer], *, queue_size: int =
     app = FastAPI(title="sfs-jax co-creation", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.worker = worker
     app.state.limits = limits
+    app.state.piano = SongAudio()  # the sampled piano, loaded on its first render
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, timeout_s=body_timeout_s)
     if allowed_hosts is not None:
         app.add_middleware(HostCheck, allowed=allowed_hosts)  # added last: runs first
@@ -248,15 +252,18 @@ def create_app(composer: Composer | Callable[[], Composer], *, queue_size: int =
         return JSONResponse({"detail": str(err)}, 429, headers={"Retry-After": "1"})
 
     @app.exception_handler(WorkerUnavailable)
-    async def unavailable(_: Request, err: WorkerUnavailable) -> JSONResponse:
+    @app.exception_handler(AudioUnavailable)
+    async def unavailable(_: Request, err: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, 503)
 
     @app.get("/api/info")
     def info() -> dict:
+        no_piano = app.state.piano.unavailable_reason()
         return {**worker.info(), "limits": dataclasses.asdict(limits), "max_song_bars": MAX_SONG_BARS,
                 "frames_per_beat": notes_lib.FRAMES_PER_BEAT, "beats_per_bar": notes_lib.BEATS_PER_BAR,
                 "pitch_range": [notes_lib.MIN_PITCH, notes_lib.MAX_PITCH], "presets": list(PAPER_STRUCTURES),
-                "sampling_defaults": SamplingIn().model_dump()}
+                "sampling_defaults": SamplingIn().model_dump(),
+                "piano": {"sampled": no_piano is None, "detail": no_piano}}
 
     @app.post("/api/structure")
     def structure(body: StructureIn) -> dict:
@@ -308,6 +315,14 @@ def create_app(composer: Composer | Callable[[], Composer], *, queue_size: int =
         data = await run_in_threadpool(midi_files.export_midi, song)
         return Response(data, media_type="audio/midi",
                         headers={"Content-Disposition": 'attachment; filename="song.mid"'})
+
+    @app.post("/api/audio")
+    async def song_audio(body: AudioIn) -> Response:
+        song = await run_in_threadpool(validate_song, body, limits)
+        chunk = await run_in_threadpool(app.state.piano.render, song, body.frames)
+        return Response(chunk.wav, media_type="audio/wav",
+                        headers={"Cache-Control": "no-store", "X-Audio-Start-Frame": str(chunk.start_frame),
+                                 "Content-Disposition": 'attachment; filename="song.wav"'})
 
     app.mount("/", StaticFiles(directory=static_dir, html=True), name="app")
     return app

@@ -67,6 +67,12 @@ class SongIn(_Body):
     notes: list[tuple[StrictInt, StrictInt, StrictInt, StrictInt]] = Field(default_factory=list)
 
 
+class AudioIn(SongIn):
+    """Asks for the notes starting in ``frames`` = [start, end) (default: the whole song) as sampled-piano WAV."""
+
+    frames: tuple[StrictInt, StrictInt] | None = None
+
+
 class SamplingIn(_Body):
     """The knobs shown in the app; the same values and seed reproduce a take."""
 

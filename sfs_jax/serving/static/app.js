@@ -4,6 +4,7 @@
 
 import { cancelJob, getJSON, importMidi, postForBlob, postJSON, streamGenerate } from "./api.js";
 import { Piano, Player } from "./piano.js";
+import { SampledPlayer } from "./sampled.js";
 import { FRAMES_PER_BAR, KEYS_W, MAX_PITCH, MIN_PITCH, PianoRoll, labelHue } from "./roll.js";
 import * as song from "./song.js";
 
@@ -43,7 +44,10 @@ class App {
     this.info = null;
     this.maxBars = 200;
     this.piano = new Piano();
-    this.player = new Player(this.piano);
+    this.synthPlayer = new Player(this.piano);
+    this.sampledPlayer = new SampledPlayer(this.piano, async (body) => (await postForBlob("/api/audio", body)).arrayBuffer(),
+      (err) => this.sampledFailed(err));
+    this.player = null;  // the player of the playback in progress
     this.roll = new PianoRoll($("roll-scroll"), $("roll-sizer"), $("roll"), this);
     this.roll.onScroll = () => this.syncStructureScroll();
     this.bind();
@@ -774,22 +778,54 @@ class App {
   }
 
   // -- playback ---------------------------------------------------------------------------------
+  // The server's sampled piano when it has one and it is chosen, else the browser's oscillator piano.
+  useSampled() {
+    return $("piano-choice").value === "sampled" && !!(this.info && this.info.piano && this.info.piano.sampled);
+  }
+
   togglePlay() {
-    if (this.player.playing) { this.stopPlayback(); return; }
+    if (this.player && this.player.playing) { this.stopPlayback(); return; }
     const end = this.totalBars() * FRAMES_PER_BAR;
-    $("play").textContent = "Stop";
-    this.player.start(this.doc.notes, this.ui.cursor, end, this.doc.tempo, (frame) => {
+    const onFrame = (frame) => {
       this.ui.playhead = frame;
       this.roll.scrollToFrame(frame);
       this.roll.redraw();
-    }, () => this.stopPlayback());
+    };
+    $("play").textContent = "Stop";
+    if (this.useSampled()) {
+      this.player = this.sampledPlayer;
+      this.player.start(this.songBody(), this.ui.cursor, end, onFrame, () => this.stopPlayback());
+    } else {
+      this.player = this.synthPlayer;
+      this.player.start(this.doc.notes, this.ui.cursor, end, this.doc.tempo, onFrame, () => this.stopPlayback());
+    }
+    document.body.dataset.playing = this.player === this.sampledPlayer ? "sampled" : "synth";
   }
 
   stopPlayback() {
-    this.player.stop();
+    if (this.player) this.player.stop();
+    this.player = null;
     this.ui.playhead = null;
     $("play").textContent = "Play";
+    delete document.body.dataset.playing;
     this.roll.redraw();
+  }
+
+  // A chunk the server could not render: say why, switch to the browser piano and play on with it.
+  sampledFailed(err) {
+    this.stopPlayback();
+    $("piano-choice").value = "synth";
+    this.toast(`Sampled piano failed (${err.message}); playing with the browser's synth piano.`);
+    this.togglePlay();
+  }
+
+  async exportWav() {
+    try {
+      download(await postForBlob("/api/audio", this.songBody()), "sfs-song.wav");
+      this.setStatus("idle", "Exported sfs-song.wav (the server's sampled piano).");
+    } catch (err) {
+      this.toast(`Audio export failed: ${err.message}`);
+    }
   }
 
   // -- server info ------------------------------------------------------------------------------
@@ -819,6 +855,12 @@ class App {
         delay = 5000;
       } else { pill.textContent = "compiling the model…"; pill.dataset.state = "loading"; }
       document.body.dataset.warm = String(!!info.warm);
+      const sampled = $("piano-choice").querySelector("option[value='sampled']");
+      sampled.disabled = !info.piano.sampled;
+      sampled.title = info.piano.detail || "FluidR3 GM piano, rendered by the server";
+      $("export-wav").disabled = !info.piano.sampled;
+      $("export-wav").title = info.piano.detail || "WAV of the whole song with the server's sampled piano";
+      if (first && !info.piano.sampled) $("piano-choice").value = "synth";
     } catch (err) {
       $("server-status").textContent = "server unreachable";
       $("server-status").dataset.state = "error";
@@ -859,6 +901,7 @@ class App {
     $("import-midi").addEventListener("click", () => $("midi-file").click());
     $("midi-file").addEventListener("change", (e) => { if (e.target.files[0]) this.importMidiFile(e.target.files[0]); e.target.value = ""; });
     $("export-midi").addEventListener("click", () => this.exportMidi());
+    $("export-wav").addEventListener("click", () => this.exportWav());
     $("save-project").addEventListener("click", () => this.saveProject());
     $("load-project").addEventListener("click", () => $("project-file").click());
     $("project-file").addEventListener("change", (e) => { if (e.target.files[0]) this.loadProject(e.target.files[0]); e.target.value = ""; });
