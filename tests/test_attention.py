@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from sfs_jax.model import attention
-from sfs_jax.model.attention import FastPath, Rotary, apply_rope, attend, causal_mask, padding_mask
+from sfs_jax.model.attention import FastPath, KVCache, Rotary, apply_rope, attend, causal_mask, padding_mask
 
 FP32_ATOL = 1e-5  # reference vs XLA in fp32: same math, different op order
 B, T, S, H, K = 2, 7, 11, 3, 8
@@ -208,3 +208,22 @@ def test_adjacent_pairs_rotate_dims_two_by_two() -> None:
                                    [a * np.cos(angle) - b * np.sin(angle), b * np.cos(angle) + a * np.sin(angle)],
                                    rtol=1e-6)
     np.testing.assert_array_equal(out[4:], [5, 6, 7, 8])
+
+
+def test_attend_and_write_equals_write_then_attend() -> None:
+    """The decoding step's attention (cached slots < t plus token t's own key) equals writing slot t and
+    attending to slots <= t, and leaves the cache that ``write`` leaves; token 0 sees only itself."""
+    batch_size, heads, head_dim, slots = 2, 3, 8, 16
+    keys = jax.random.split(jax.random.key(7), 5)
+    cache = KVCache.from_keys_values(jax.random.normal(keys[0], (batch_size, slots, heads, head_dim)),
+                                     jax.random.normal(keys[1], (batch_size, slots, heads, head_dim)))
+    q, k, v = (jax.random.normal(key, (batch_size, 1, heads, head_dim)) for key in keys[2:])
+    for t in (0, 5, slots - 1):
+        out, written = cache.attend_and_write(jnp.int32(t), q, k, v)
+        expected_cache = cache.write(jnp.int32(t), k, v)
+        expected = expected_cache.attend(q, expected_cache.visible_mask(jnp.int32(t)))
+        np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=1e-6, rtol=1e-6)
+        for got, want in zip(jax.tree.leaves(written), jax.tree.leaves(expected_cache), strict=True):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    np.testing.assert_allclose(np.asarray(cache.attend_and_write(jnp.int32(0), q, k, v)[0]), np.asarray(v),
+                               atol=1e-6)

@@ -405,3 +405,38 @@ def test_sampling_settings_are_values_not_compilations(model, batch):
         assert segment.sample_chunk._cache_size() == compiled, f"setting {i} compiled the sampler again"
     np.testing.assert_array_equal(outputs[2], outputs[6])  # temperature 0 and top_k 1: both the argmax path
     assert not np.array_equal(outputs[0], outputs[3])
+
+
+def test_cache_grows_as_the_window_needs_and_gives_the_full_caches_tokens(model, batch, monkeypatch):
+    """A window longer than its first cache grows it (512 -> the budget) and samples what a cache of the
+    whole budget samples: 520 frames need at least 521 tokens."""
+    n_frames = 520
+    sampler = SegmentSampler(model, SamplingConfig(max_tokens=600))
+    start = sampler.start(batch, jax.random.key(3), n_frames)
+    assert start.cache_tokens == 512 and start.max_tokens == 600
+    grown = sampler.sample_chunk(start, 600)
+    assert grown.cache_tokens == 600 and int(np.min(segment.tokens_and_lengths(grown)[1])) > 520
+    monkeypatch.setattr(segment, "CACHE_LENGTHS", (4096,))  # one cache of the whole budget from the start
+    whole_start = sampler.start(batch, jax.random.key(3), n_frames)
+    assert whole_start.cache_tokens == 600
+    whole = sampler.sample_chunk(whole_start, 600)
+    np.testing.assert_array_equal(np.asarray(grown.tokens_BxTx5), np.asarray(whole.tokens_BxTx5))
+    np.testing.assert_allclose(np.asarray(grown.logprob_BxT), np.asarray(whole.logprob_BxT), atol=1e-4)
+
+
+def test_contexts_are_cut_to_their_real_length_without_changing_samples(model, batch):
+    """Contexts padded as the composer pads them (to 1536) are cut to ``context_length`` of the real ones."""
+    from sfs_jax.data import examples as examples_lib
+
+    padded = {**batch, **{key: np.pad(batch[key], ((0, 0), (0, 1536 - batch[key].shape[1])))
+                          for key in examples_lib.CONTEXT_KEYS}}
+    real = int(np.max(np.sum(batch["context_slot"] != 0, axis=1)))
+    sampler = SegmentSampler(model, SamplingConfig())
+    cut = sampler.start(padded, jax.random.key(5), N_FRAMES)
+    kept = sampler.start(padded, jax.random.key(5), N_FRAMES, cut_contexts=False)
+    assert cut.window.batch["context_slot"].shape[1] == segment.context_length(real, 1536) < 1536
+    assert kept.window.batch["context_slot"].shape[1] == 1536
+    cut, kept = sampler.sample_chunk(cut, 1000), sampler.sample_chunk(kept, 1000)
+    np.testing.assert_array_equal(np.asarray(cut.tokens_BxTx5), np.asarray(kept.tokens_BxTx5))
+    np.testing.assert_allclose(np.asarray(cut.logprob_BxT), np.asarray(kept.logprob_BxT), atol=1e-4)
+    assert [segment.context_length(n, 1536) for n in (0, 128, 129, 629, 1600)] == [128, 128, 256, 768, 1536]

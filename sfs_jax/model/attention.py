@@ -123,40 +123,77 @@ class KVCache:
     prefix for every token. The encoded contexts' cross-attention keys/values use
     the same container (L = S), computed once per segment.
 
-    Why head-major (BxHxLxK, unlike the BxSxHxK of ``attend``): a one-token query
-    against BxLxHxK makes XLA relayout the whole cache at every step; head-major
-    keys and values feed the two batched matmuls as they are.
+    Layouts are the ones a one-token query multiplies without moving anything: keys
+    BxHxKxL (transposed, so the L logits of a head are one matrix-vector product
+    over K-major rows), values BxHxLxK. With keys stored BxHxLxK (``attend``'s order)
+    XLA:CPU transposed every layer's keys at every token, contexts included: at
+    ``paper`` size 8 x (1536 + 1024) x 512 floats moved twice per token.
     """
 
-    k_BxHxLxK: jax.Array
+    kT_BxHxKxL: jax.Array
     v_BxHxLxK: jax.Array
 
     @classmethod
     def zeros(cls, batch_size: int, max_tokens: int, n_heads: int, head_dim: int, dtype: jnp.dtype) -> KVCache:
-        shape = (batch_size, n_heads, max_tokens, head_dim)
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+        return cls(jnp.zeros((batch_size, n_heads, head_dim, max_tokens), dtype),
+                   jnp.zeros((batch_size, n_heads, max_tokens, head_dim), dtype))
 
     @classmethod
     def from_keys_values(cls, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.Array) -> KVCache:
         """The cache of a whole sequence (a prefill, or the contexts), from ``keys_values``' layout."""
-        return cls(jnp.swapaxes(k_BxLxHxK, 1, 2), jnp.swapaxes(v_BxLxHxK, 1, 2))
+        return cls(jnp.transpose(k_BxLxHxK, (0, 2, 3, 1)), jnp.swapaxes(v_BxLxHxK, 1, 2))
+
+    @property
+    def k_BxHxLxK(self) -> jax.Array:
+        """The keys in the values' layout (for inspection; the step reads ``kT_BxHxKxL``)."""
+        return jnp.swapaxes(self.kT_BxHxKxL, 2, 3)
 
     def write(self, t: jax.Array, k_Bx1xHxK: jax.Array, v_Bx1xHxK: jax.Array) -> KVCache:
         """The cache with token t's key/value in slot t (all rows decode token t together)."""
-        index = (0, 0, t, 0)
-        put = lambda cache, new_Bx1xHxK: jax.lax.dynamic_update_slice(
-            cache, jnp.swapaxes(new_Bx1xHxK, 1, 2).astype(cache.dtype), index)
-        return KVCache(put(self.k_BxHxLxK, k_Bx1xHxK), put(self.v_BxHxLxK, v_Bx1xHxK))
+        kT_BxHxKx1 = jnp.transpose(k_Bx1xHxK, (0, 2, 3, 1)).astype(self.kT_BxHxKxL.dtype)
+        v_BxHx1xK = jnp.swapaxes(v_Bx1xHxK, 1, 2).astype(self.v_BxHxLxK.dtype)
+        return KVCache(jax.lax.dynamic_update_slice(self.kT_BxHxKxL, kT_BxHxKx1, (0, 0, 0, t)),
+                       jax.lax.dynamic_update_slice(self.v_BxHxLxK, v_BxHx1xK, (0, 0, t, 0)))
 
     def visible_mask(self, t: jax.Array) -> jax.Array:
         """Bx1xL: the query at token t sees slots 0..t, as ``causal_mask`` row t does."""
-        batch_size, _, max_tokens, _ = self.k_BxHxLxK.shape
+        batch_size, _, max_tokens, _ = self.v_BxHxLxK.shape
         return jnp.broadcast_to(jnp.arange(max_tokens) <= t, (batch_size, 1, max_tokens))
+
+    def attend_and_write(self, t: jax.Array, q_Bx1xHxK: jax.Array, k_Bx1xHxK: jax.Array,
+                         v_Bx1xHxK: jax.Array) -> tuple[jax.Array, KVCache]:
+        """Token t's self-attention over slots 0..t, then the cache with its key/value in slot t.
+
+        Equal to ``write`` then ``attend`` under ``visible_mask(t)`` (up to float
+        rounding): one softmax over the cached slots 0..t-1 and token t's own key,
+        whose term is added from the new key/value directly. Why this order: the
+        cache is read before it is written, so XLA updates it in place; reading it
+        after the write made XLA:CPU copy every layer's cache twice per token (at
+        ``paper`` size 64 MB of copies per token, more than the weights it reads).
+        """
+        scale = q_Bx1xHxK.shape[-1] ** -0.5
+        accumulation = _accumulation(q_Bx1xHxK.dtype)
+        max_tokens = self.v_BxHxLxK.shape[2]
+        cached_logits_BxHx1xL = jnp.einsum("bthk,bhks->bhts", q_Bx1xHxK, self.kT_BxHxKxL,
+                                           preferred_element_type=accumulation) * scale
+        cached_logits_BxHx1xL = jnp.where(jnp.arange(max_tokens) < t, cached_logits_BxHx1xL, NEG_INF)
+        own_logit_BxHx1x1 = jnp.einsum("bthk,bthk->bht", q_Bx1xHxK, k_Bx1xHxK,
+                                       preferred_element_type=accumulation)[..., None] * scale
+        top_BxHx1x1 = jnp.maximum(jnp.max(cached_logits_BxHx1xL, axis=-1, keepdims=True), own_logit_BxHx1x1)
+        cached_weights = jnp.exp(cached_logits_BxHx1xL - top_BxHx1x1)
+        own_weight = jnp.exp(own_logit_BxHx1x1 - top_BxHx1x1)
+        total_BxHx1x1 = jnp.sum(cached_weights, axis=-1, keepdims=True) + own_weight
+        cached_out_BxHx1xK = jnp.einsum("bhts,bhsk->bhtk", cached_weights.astype(self.v_BxHxLxK.dtype),
+                                        self.v_BxHxLxK, preferred_element_type=accumulation)
+        own_out_BxHx1xK = own_weight * jnp.swapaxes(v_Bx1xHxK, 1, 2).astype(accumulation)
+        out_BxHx1xK = (cached_out_BxHx1xK + own_out_BxHx1xK) / total_BxHx1x1
+        out_Bx1xHxK = jnp.swapaxes(out_BxHx1xK, 1, 2).astype(q_Bx1xHxK.dtype)
+        return out_Bx1xHxK, self.write(t, k_Bx1xHxK, v_Bx1xHxK)
 
     def attend(self, q_BxTxHxK: jax.Array, mask_BxTxL: jax.Array) -> jax.Array:
         """``attend``'s reference path on the cached keys/values; BxTxHxK, zeros where nothing is visible."""
         scale = q_BxTxHxK.shape[-1] ** -0.5
-        logits_BxHxTxL = jnp.einsum("bthk,bhsk->bhts", q_BxTxHxK, self.k_BxHxLxK,
+        logits_BxHxTxL = jnp.einsum("bthk,bhks->bhts", q_BxTxHxK, self.kT_BxHxKxL,
                                     preferred_element_type=_accumulation(q_BxTxHxK.dtype)) * scale
         weights_BxHxTxL = _masked_softmax(logits_BxHxTxL, mask_BxTxL)
         out_BxHxTxK = jnp.einsum("bhts,bhsk->bhtk", weights_BxHxTxL.astype(self.v_BxHxLxK.dtype), self.v_BxHxLxK,
@@ -268,8 +305,14 @@ class MultiHeadAttention(nnx.Module):
         return self._project(out)
 
     def attend_to_cache(self, q_BxTxHxK: jax.Array, cache: KVCache, mask_BxTxL: jax.Array) -> jax.Array:
-        """``attend_to`` on cached (head-major) keys/values: the sampler's decoding step."""
+        """``attend_to`` on cached (head-major) keys/values: the sampler's cross-attention."""
         return self._project(cache.attend(q_BxTxHxK, mask_BxTxL))
+
+    def decode_step(self, h_Bx1xD: jax.Array, rope: Rope, cache: KVCache, t: jax.Array) -> tuple[jax.Array, KVCache]:
+        """Self-attention of one token per row at slot t over the cache, and the cache with it written."""
+        keys, values = self.keys_values(h_Bx1xD, rope)
+        out, cache = cache.attend_and_write(t, self.queries(h_Bx1xD, rope), keys, values)
+        return self._project(out), cache
 
     def _project(self, out_BxTxHxK: jax.Array) -> jax.Array:
         return self.out(out_BxTxHxK.reshape(*out_BxTxHxK.shape[:2], -1))

@@ -167,9 +167,8 @@ class Block(nnx.Module):
                            condition_Bx1xD: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
         """``self_attend`` for one token alone: its key/value go into cache ``slot``, its query reads slots <= it."""
         h = self._input(self.self_norm, x_Bx1xD, condition_Bx1xD)
-        cache = cache.write(slot, *self.self_attention.keys_values(h, rope_Bx1))
-        q = self.self_attention.queries(h, rope_Bx1)
-        return x_Bx1xD + self.self_attention.attend_to_cache(q, cache, cache.visible_mask(slot)), cache
+        out, cache = self.self_attention.decode_step(h, rope_Bx1, cache, slot)
+        return x_Bx1xD + out, cache
 
     def _cross_and_feed_forward(self, x_BxTxD, cross_rope_BxT, condition_BxTxD, context_kv, cross_mask_BxTxS):
         """The sublayers after self-attention, shared by the full pass and the cached step."""

@@ -1,16 +1,19 @@
 """Sampling target windows with a KV cache, in one jitted loop (SFS.md section 4).
 
-Letters: B batch (independent windows), T token budget (the cache length), S context
+Letters: B batch (independent windows), T token budget (the most a window may take), S context
 tokens, G bars, D model width, V classes of one head.
 
 Place in the data flow: [6] between the model [5] and the notes [7]. A caller (the
 composer, a server) builds a batch in the loader's format for the windows to fill:
 contexts, bar fields and scalars condition each window; the ``target_*`` fields are
-read only for an optional teacher-forced prefix. ``SegmentSampler.start`` encodes
-the contexts and the global view G once and computes every decoder layer's
-cross-attention keys/values once; ``sample_chunk`` then advances all rows token by
-token inside one ``lax.while_loop`` (no host round trip per token), writing each
-token's self-attention keys/values into a preallocated cache.
+read only for an optional teacher-forced prefix. ``SegmentSampler.start`` cuts the
+contexts to their real length (``CONTEXT_LENGTHS``), encodes them and the global
+view G once and computes every decoder layer's cross-attention keys/values once;
+``sample_chunk`` then advances all rows token by token inside one
+``lax.while_loop`` (no host round trip per token), writing each token's
+self-attention keys/values into a cache sized to the prefix and doubled whenever it
+fills (``CACHE_LENGTHS``), so a step attends over what the window has, not over its
+budget. ``benchmarks/decode_profile.py`` measures what each of these saves.
 
 Why: the original SFS re-runs the whole decoder over the prefix for every token and
 samples in a Python loop with host syncs, which is what limits it to 2.03 beats/s
@@ -87,7 +90,7 @@ class SamplingConfig:
     """Sampling knobs shared by the four heads, with optional per-head overrides.
 
     SFS.md section 4 samples every head with nucleus p = 0.975 (the paper's evaluation
-    used 1.0). ``max_tokens`` is the token budget T of a window (the cache length);
+    used 1.0). ``max_tokens`` is the token budget T of a window (the cache grows up to it);
     None uses the batch's target length (its bucket). The settings reach the compiled
     sampler as values (``knobs``), so changing them costs no compilation.
     """
@@ -138,6 +141,45 @@ class Knobs:
         return self.temperature_H[index], self.top_p_H[index], self.top_k_H[index]
 
 
+# Context lengths the sampler compiles for: a batch's contexts are cut to the smallest that holds
+# its longest real context (contexts are packed at the front, padding after). Why: the composer
+# pads every window to the largest context bucket (1536) so shapes never change, and every
+# decoding step then attended over all of them; a typical 8-bar window has 400-700 real ones.
+# Steps of 1.5x keep the padding under a third and the compilations per model at most eight.
+CONTEXT_LENGTHS = (128, 256, 384, 512, 768, 1024, 1536, 2048)
+
+
+def context_length(real_tokens: int, padded: int) -> int:
+    """The sampler's context length S for contexts of ``real_tokens`` padded to ``padded`` (never longer)."""
+    fitting = [length for length in CONTEXT_LENGTHS if length >= max(real_tokens, 1)]
+    return min(fitting[0] if fitting else padded, padded)
+
+
+def trim_contexts(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The batch with its context keys cut to ``context_length`` (only padding is dropped)."""
+    slot_BxS = np.asarray(batch["context_slot"])
+    real_BxS = slot_BxS != 0
+    last_real = int(np.max(np.nonzero(real_BxS.any(axis=0))[0], initial=-1)) + 1
+    length = context_length(last_real, slot_BxS.shape[1])
+    return {**batch, **{key: np.asarray(batch[key])[:, :length] for key in examples_lib.CONTEXT_KEYS}}
+
+
+# Self-attention cache lengths: a window starts with the smallest that holds its prefix and one
+# more bar's FRAMEs, and the cache doubles whenever it fills (``SegmentSampler.sample_chunk``),
+# up to the token budget T. Why: every decoding step attends over the whole cache, and a budget
+# of 1024 held for a window that ends after 490 tokens made most of that work padding.
+# Each length compiles the decoding loop once (about 3.5 s at ``paper`` size on 2 cores), so the
+# ladder starts at 512: an 8-bar POP909 window (about 500 tokens) usually runs on one program.
+CACHE_LENGTHS = (512, 1024, 2048, 4096, 8192)
+_CACHE_HEADROOM = FRAMES_PER_BAR  # slots past the prefix a fresh cache has room for
+
+
+def cache_length(needed: int, max_tokens: int) -> int:
+    """The cache length for ``needed`` slots under a budget of ``max_tokens`` (never longer than the budget)."""
+    fitting = [length for length in CACHE_LENGTHS if length >= needed]
+    return min(fitting[0] if fitting else max_tokens, max_tokens)
+
+
 _REPLAY = SamplingConfig(temperature=0.0)  # forced tokens ignore their draws; argmax is the cheapest
 
 
@@ -162,6 +204,7 @@ class Window:
     per_bar_BxGxD: jax.Array | None
     n_frames_B: jax.Array
     prefix_len_B: jax.Array
+    lead: int = struct.field(pytree_node=False, default=0)  # ``token_layout.LEAD``: token t's input is in slot t - lead
 
 
 @struct.dataclass
@@ -187,6 +230,16 @@ class SamplerState:
     @property
     def max_tokens(self) -> int:
         return self.tokens_BxTx5.shape[1]
+
+    @property
+    def cache_tokens(self) -> int:
+        """Slots of the self-attention cache (grows up to ``max_tokens``); ``max_tokens`` without a cache."""
+        return self.cache[0].v_BxHxLxK.shape[2] if self.cache else self.max_tokens
+
+    @property
+    def last_cached_step(self) -> int:
+        """The last token t the cache has a slot for (input t - lead goes into slot t - lead)."""
+        return min(self.cache_tokens + self.window.lead, self.max_tokens) if self.cache else self.max_tokens
 
 
 # ---------------------------------------------------------------------------
@@ -408,7 +461,9 @@ def _prefill(model: nnx.Module, state: SamplerState) -> SamplerState:
     all of its bars.
     """
     window = state.window
-    tokens_BxTx5 = state.tokens_BxTx5.at[..., FRAME].set(_frames_from_types(state.tokens_BxTx5[..., TYPE]))
+    # The pass covers the cache's slots only: the prefix and its headroom, not the padded budget.
+    tokens_BxTx5 = state.tokens_BxTx5[:, :state.cache_tokens]
+    tokens_BxTx5 = tokens_BxTx5.at[..., FRAME].set(_frames_from_types(tokens_BxTx5[..., TYPE]))
     fields = _target_fields(tokens_BxTx5, window)
     batch = {**window.batch, **{f"target_{name}": value for name, value in fields.items()}}
     h_BxTxD, cache = model.decoder.prefill(batch, window.context_BxSxD, window.per_bar_BxGxD, model.visible_slots)
@@ -422,9 +477,9 @@ def _prefill(model: nnx.Module, state: SamplerState) -> SamplerState:
     return jax.lax.while_loop(lambda s: s.step < n_forced, forced_token, state.replace(cache=cache))
 
 
-@functools.partial(jax.jit, static_argnames=("max_tokens", "use_cache", "prefill"))
+@functools.partial(jax.jit, static_argnames=("max_tokens", "cache_tokens", "use_cache", "prefill"))
 def _start(graphdef: nnx.GraphDef, params: nnx.State, batch: dict[str, jax.Array], n_frames_B: jax.Array,
-           prefix_len_B: jax.Array, key: jax.Array, *, max_tokens: int, use_cache: bool,
+           prefix_len_B: jax.Array, key: jax.Array, *, max_tokens: int, cache_tokens: int, use_cache: bool,
            prefill: bool) -> SamplerState:
     """Encodes contexts and G once, precomputes cross-attention keys/values, allocates or prefills the cache."""
     model = nnx.merge(graphdef, params)
@@ -440,7 +495,8 @@ def _start(graphdef: nnx.GraphDef, params: nnx.State, batch: dict[str, jax.Array
         batch={k: batch[k] for k in _WINDOW_KEYS}, context_BxSxD=context_BxSxD,
         context_kv=decoder.context_caches(context_BxSxD if use_kv else None, batch),
         cross_mask_Bx1xS=cross_mask, per_bar_BxGxD=model.global_bars(batch),
-        n_frames_B=n_frames_B.astype(jnp.int32), prefix_len_B=jnp.maximum(prefix_len_B, lead).astype(jnp.int32))
+        n_frames_B=n_frames_B.astype(jnp.int32), prefix_len_B=jnp.maximum(prefix_len_B, lead).astype(jnp.int32),
+        lead=lead)
     tokens_BxTx5 = _prefix_buffer(batch, window.prefix_len_B, max_tokens)
     if lead:
         tokens_BxTx5 = tokens_BxTx5.at[:, 0].set(jnp.asarray([_FRAME, 0, 0, 0, 0], jnp.int32))
@@ -449,24 +505,45 @@ def _start(graphdef: nnx.GraphDef, params: nnx.State, batch: dict[str, jax.Array
         logprob_BxT=jnp.zeros((batch_size, max_tokens), jnp.float32),
         frames_emitted_B=jnp.full(batch_size, lead, jnp.int32), last_pitch_B=jnp.full(batch_size, _NO_PITCH, jnp.int32),
         done_B=jnp.zeros(batch_size, bool), key=key,
-        cache=decoder.init_cache(batch_size, max_tokens) if use_cache else (), window=window)
+        cache=decoder.init_cache(batch_size, cache_tokens) if use_cache else (), window=window)
     return _prefill(model, state) if prefill and use_cache else state
 
 
-@functools.partial(jax.jit, donate_argnames=("state",))
+# XLA:CPU's copy insertion keeps a while loop's cache updates in place only with its region
+# analysis; without it every layer's self-attention cache was copied at every token. A debug
+# option of the CPU compiler: other backends ignore it.
+DECODE_LOOP_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
+
+
+@functools.partial(jax.jit, donate_argnames=("state",), compiler_options=DECODE_LOOP_COMPILER_OPTIONS)
 def sample_chunk(graphdef: nnx.GraphDef, params: nnx.State, state: SamplerState, n_steps: jax.Array,
                  knobs: Knobs) -> SamplerState:
     """Advances every row by up to ``n_steps`` tokens in one ``lax.while_loop``; ``state`` is donated.
 
-    Stops early once every row has emitted END. ``n_steps`` and the sampling ``knobs``
-    are traced, so any chunk size and any setting reuse the one compilation per
-    (B, T, S, G) shape; chunked and one-call sampling give the same tokens because the
-    key is folded with the token index.
+    Stops early once every row has emitted END, and when the cache is full
+    (``SegmentSampler.sample_chunk`` then grows it and goes on). ``n_steps`` and the
+    sampling ``knobs`` are traced, so any chunk size and any setting reuse the one
+    compilation per (B, T, S, G, cache) shape; chunked and one-call sampling give the
+    same tokens because the key is folded with the token index.
     """
     model = nnx.merge(graphdef, params)
-    stop = jnp.minimum(state.step + n_steps, state.max_tokens)
+    stop = jnp.minimum(state.step + n_steps, state.last_cached_step)
     return jax.lax.while_loop(lambda s: (s.step < stop) & ~jnp.all(s.done_B),
                               lambda s: _cached_token(model, knobs, s), state)
+
+
+@functools.partial(jax.jit, static_argnames=("cache_tokens",))
+def _padded_caches(caches: tuple[KVCache, ...], cache_tokens: int) -> tuple[KVCache, ...]:
+    def pad(cache: KVCache) -> KVCache:
+        extra = cache_tokens - cache.v_BxHxLxK.shape[2]
+        return KVCache(jnp.pad(cache.kT_BxHxKxL, ((0, 0), (0, 0), (0, 0), (0, extra))),
+                       jnp.pad(cache.v_BxHxLxK, ((0, 0), (0, 0), (0, extra), (0, 0))))
+    return tuple(pad(cache) for cache in caches)
+
+
+def grow_cache(state: SamplerState, cache_tokens: int) -> SamplerState:
+    """The state with every self-attention cache padded to ``cache_tokens`` slots (the new slots are empty)."""
+    return state.replace(cache=_padded_caches(state.cache, cache_tokens))
 
 
 @functools.partial(jax.jit, donate_argnames=("state",))
@@ -511,7 +588,7 @@ class SegmentSampler:
 
     def start(self, batch: Mapping[str, np.ndarray], key: jax.Array, n_frames_B: np.ndarray | int | None = None,
               prefix_len_B: np.ndarray | int | None = None, *, use_cache: bool = True,
-              prefill: bool = True) -> SamplerState:
+              prefill: bool = True, cut_contexts: bool = True) -> SamplerState:
         """The initial state of B windows (a batch in ``loader.collate``'s format).
 
         ``n_frames_B`` defaults to the batch's ``n_beats`` (8 frames per beat);
@@ -519,7 +596,9 @@ class SegmentSampler:
         bars already generated in a sliding 8-bar window (SFS.md section 4), or a
         fixed beginning when a segment is regenerated. With ``prefill`` the prefix
         goes through the decoder in one parallel pass (state.step = min prefix_len
-        afterwards); without, token by token like sampled tokens.
+        afterwards); without, token by token like sampled tokens. Contexts are cut to
+        ``context_length`` of their real tokens (``cut_contexts=False`` keeps the
+        batch's padding: what the benchmarks compare against).
         """
         batch_size, target_len = np.shape(batch["target_type"])
         max_tokens = self.config.max_tokens or target_len
@@ -539,18 +618,34 @@ class SegmentSampler:
         if np.any(needed > max_tokens):
             raise ValueError(f"after the prefixes, the remaining FRAMEs and END need {needed.tolist()} tokens, "
                              f"more than max_tokens={max_tokens}")
-        inputs = {k: jnp.asarray(batch[k]) for k in _INPUT_KEYS}
+        inputs = {k: batch[k] for k in _INPUT_KEYS}
+        inputs = {k: jnp.asarray(v) for k, v in (trim_contexts(inputs) if cut_contexts else inputs).items()}
+        prefill = prefill and bool(prefix_len.min() > 0)
+        # A prefilled prefix is in the cache from the start; a stepped one is written as it goes.
+        cache_tokens = cache_length((int(prefix_len.max()) if prefill else 0) + _CACHE_HEADROOM, max_tokens)
         return _start(self.graphdef, self.params, inputs, jnp.asarray(n_frames), jnp.asarray(prefix_len), key,
-                      max_tokens=max_tokens, use_cache=use_cache, prefill=prefill and bool(prefix_len.min() > 0))
+                      max_tokens=max_tokens, cache_tokens=cache_tokens, use_cache=use_cache, prefill=prefill)
 
     def _knobs(self, sampling: SamplingConfig | None) -> Knobs:
         return (sampling or self.config).knobs()
 
     def sample_chunk(self, state: SamplerState, n_steps: int, sampling: SamplingConfig | None = None
                      ) -> SamplerState:
-        """Up to ``n_steps`` more tokens per row (the given state is donated: use the returned one)."""
-        return sample_chunk(self.graphdef, self.params, state, jnp.asarray(n_steps, jnp.int32),
-                            self._knobs(sampling))
+        """Up to ``n_steps`` more tokens per row (the given state is donated: use the returned one).
+
+        When the self-attention cache fills before the window ends, it is grown to the
+        next ``CACHE_LENGTHS`` (one host round trip; each cache length compiles once)
+        and decoding goes on: tokens are those of one call with the whole budget.
+        """
+        knobs = self._knobs(sampling)
+        stop = min(int(state.step) + n_steps, state.max_tokens)
+        while True:
+            state = sample_chunk(self.graphdef, self.params, state, jnp.asarray(stop - int(state.step), jnp.int32),
+                                 knobs)
+            step = int(state.step)
+            if step >= stop or step < state.last_cached_step or bool(jnp.all(state.done_B)):
+                return state
+            state = grow_cache(state, cache_length(state.cache_tokens + 1, state.max_tokens))
 
     def stream(self, state: SamplerState, chunk_tokens: int, sampling: SamplingConfig | None = None
                ) -> Iterator[tuple[SamplerState, np.ndarray]]:
@@ -560,10 +655,9 @@ class SegmentSampler:
         cancels the rest of the window. ``chunk_tokens`` <= 0: the whole window in one chunk.
         """
         chunk_tokens = chunk_tokens if chunk_tokens > 0 else state.max_tokens
-        knobs = self._knobs(sampling)
         while int(state.step) < state.max_tokens and not bool(jnp.all(state.done_B)):
             begin = int(state.step)
-            state = sample_chunk(self.graphdef, self.params, state, jnp.asarray(chunk_tokens, jnp.int32), knobs)
+            state = self.sample_chunk(state, chunk_tokens, sampling)
             yield state, np.asarray(state.tokens_BxTx5[:, begin:int(state.step)])
 
     def sample_window(self, batch: Mapping[str, np.ndarray], key: jax.Array,

@@ -42,7 +42,6 @@ from sfs_jax.music import notes as notes_lib
 from sfs_jax.music.structure import MAX_SONG_BARS, StructureError, parse_structure
 from sfs_jax.sampling.composer import Composer
 from sfs_jax.serving import midi_files
-from sfs_jax.serving.song_audio import AudioUnavailable, SongAudio
 from sfs_jax.serving.plan import build_plan, fill_order
 from sfs_jax.serving.schemas import (
     AudioIn,
@@ -55,6 +54,7 @@ from sfs_jax.serving.schemas import (
     StructureIn,
     validate_song,
 )
+from sfs_jax.serving.song_audio import AudioUnavailable, SongAudio
 from sfs_jax.serving.worker import TERMINAL_EVENTS, Job, ModelWorker, QueueFull, WorkerUnavailable
 
 STATIC_DIR = Path(__file__).parent / "static"
