@@ -112,8 +112,8 @@ def time_interleaved(runners: dict[tuple[str, int], Callable[[jax.Array], Sample
     return timings
 
 
-def decode_window(sampler: SegmentSampler, batch: dict[str, np.ndarray], key: jax.Array, n_frames: int,
-                  prefix_len: int) -> SamplerState:
+def decode_window(sampler: SegmentSampler, batch: dict[str, np.ndarray], key: jax.Array, n_frames: int | np.ndarray,
+                  prefix_len: int | np.ndarray) -> SamplerState:
     """``sample_window`` without the prefill: every token, forced or not, is one cached decoding step."""
     state = sampler.start(batch, key, n_frames, prefix_len, prefill=False)
     return sampler.sample_chunk(state, state.max_tokens)
@@ -173,16 +173,31 @@ def measure() -> list[dict]:
         runners[("cached", b)] = lambda key, b=b: decode_window(sampler, batches[b], key, n_frames, prefix_len)
         runners[("no cache", b)] = lambda key, b=b: sampler.sample_window_no_cache(batches[b], key, n_frames,
                                                                                     prefix_len, max_steps=max_steps)
+    big = max(batch_sizes)
+    if big > 1:  # every other row a 2-bar window: it ends long before the 8-bar rows
+        short_frames = n_frames // 4
+        frame_count = np.cumsum(one["target_type"][0] == int(TokenType.FRAME))
+        short_prefix = int(np.argmax(frame_count > short_frames)) if prefix_len else 0
+        odd = np.arange(big) % 2 == 1
+        uneven_frames, uneven_prefix = np.where(odd, short_frames, n_frames), np.where(odd, short_prefix, prefix_len)
+        keeping = SegmentSampler(model, sampler.config, drop_finished_rows=False)
+        for name, which in (("rows stay", keeping), ("rows leave", sampler)):
+            runners[(name, big)] = lambda key, which=which: decode_window(which, batches[big], key, uneven_frames,
+                                                                         uneven_prefix)
     timings = time_interleaved(runners, _REPEATS.value)
     rate = bandwidth.stream_rate(bandwidth.decoder_matrices(model))
     rows = []
     for (name, b), timing in timings.items():
-        window = timings[("cached", b)].state
+        window = timings[(name if name.startswith("rows") else "cached", b)].state
         attended = (int(window.step) + 1) / 2  # slots 0..t on average over the window's steps
         bound_s = bandwidth.step_bytes(model, config, b, attended, real_context) / rate
         rows.append({**report(name, timing, window, bound_s), "stream_gb_s": rate / 1e9})
     print(f"memory-traffic bound: the weights a step uses and the keys/values it attends to, streamed at "
           f"{rate / 1e9:.1f} GB/s (this machine, one matrix-vector product per decoder matrix)")
+    if big > 1:
+        stay, leave = (next(r for r in rows if r["sampler"] == n) for n in ("rows stay", "rows leave"))
+        print(f"B={big}, every other row a 2-bar window: rows that finish leave the batch: "
+              f"{leave['beats_per_s'] / stay['beats_per_s']:.2f}x the beats/s of keeping them to the end")
     for b in batch_sizes:
         cached, no_cache = timings[("cached", b)].state, timings[("no cache", b)].state
         steps = int(no_cache.step)

@@ -243,7 +243,8 @@ def _state_for_masks(frames_emitted, last_pitch, n_frames, step, max_tokens) -> 
     return segment.SamplerState(step=jnp.asarray(step), tokens_BxTx5=jnp.zeros((rows, max_tokens, 5), jnp.int32),
                                 logprob_BxT=jnp.zeros((rows, max_tokens)),
                                 frames_emitted_B=jnp.asarray(frames_emitted), last_pitch_B=jnp.asarray(last_pitch),
-                                done_B=jnp.zeros(rows, bool), key=jax.random.key(0), cache=(), window=window)
+                                done_B=jnp.zeros(rows, bool), key=jax.random.key(0), cache=(), window=window,
+                                row_B=jnp.arange(rows), batch_rows=rows)
 
 
 def test_type_and_pitch_masks():
@@ -440,3 +441,35 @@ def test_contexts_are_cut_to_their_real_length_without_changing_samples(model, b
     np.testing.assert_array_equal(np.asarray(cut.tokens_BxTx5), np.asarray(kept.tokens_BxTx5))
     np.testing.assert_allclose(np.asarray(cut.logprob_BxT), np.asarray(kept.logprob_BxT), atol=1e-4)
     assert [segment.context_length(n, 1536) for n in (0, 128, 129, 629, 1600)] == [128, 128, 256, 768, 1536]
+
+
+def test_rows_that_finish_early_leave_the_batch_and_the_others_draw_the_same(model, batch, monkeypatch):
+    """Two rows end after ~100 tokens, one writes 300 frames: once it is alone it goes on in a batch of
+    one, and every row's tokens are those of the whole batch decoding to the end."""
+    n_frames = np.array([N_FRAMES, 300, N_FRAMES])
+    sampler = SegmentSampler(model, SamplingConfig(max_tokens=600))
+    taken = []
+    real_take_rows = segment.take_rows
+    monkeypatch.setattr(segment, "take_rows", lambda state, index: taken.append(len(index)) or
+                        real_take_rows(state, index))
+    compacted = sampler.sample_chunk(sampler.start(batch, jax.random.key(6), n_frames), 600)
+    lengths = segment.tokens_and_lengths(compacted)[1]
+    assert taken == [1] and lengths[1] > 300 and max(lengths[0], lengths[2]) < 200, (taken, lengths)
+    assert compacted.tokens_BxTx5.shape[0] == 3 and np.asarray(compacted.done_B).all()
+    whole_batch = SegmentSampler(model, SamplingConfig(max_tokens=600), drop_finished_rows=False)
+    whole = whole_batch.sample_chunk(whole_batch.start(batch, jax.random.key(6), n_frames), 600)
+    np.testing.assert_array_equal(np.asarray(compacted.tokens_BxTx5), np.asarray(whole.tokens_BxTx5))
+    np.testing.assert_allclose(np.asarray(compacted.logprob_BxT), np.asarray(whole.logprob_BxT), atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(compacted.frames_emitted_B), np.asarray(whole.frames_emitted_B))
+    assert taken == [1]
+
+
+def test_gumbel_draw_is_categorical_and_follows_its_row():
+    """Without rows it is ``jax.random.categorical``; a row taken out of its batch draws what it drew in it."""
+    logits = jax.random.normal(jax.random.key(1), (5, 40))
+    key = jax.random.key(2)
+    np.testing.assert_array_equal(np.asarray(segment.gumbel_draw(key, logits)),
+                                  np.asarray(jax.random.categorical(key, logits, axis=-1)))
+    rows = jnp.asarray([3, 1])
+    np.testing.assert_array_equal(np.asarray(segment.gumbel_draw(key, logits[rows], (rows, 5))),
+                                  np.asarray(segment.gumbel_draw(key, logits))[np.asarray(rows)])

@@ -226,6 +226,8 @@ class SamplerState:
     key: jax.Array
     cache: tuple[KVCache, ...]
     window: Window
+    row_B: jax.Array  # each row's index in the batch ``start`` was given (rows leave it when they finish)
+    batch_rows: int = struct.field(pytree_node=False, default=1)  # that batch's size
 
     @property
     def max_tokens(self) -> int:
@@ -266,14 +268,28 @@ def _keep_top_k_and_p(logits_BxV: jax.Array, top_k: jax.Array, top_p: jax.Array)
     return jnp.where(keep_BxV, logits_BxV, -jnp.inf)
 
 
+def gumbel_draw(key: jax.Array, logits_BxV: jax.Array, rows: tuple[jax.Array, int] | None = None) -> jax.Array:
+    """``jax.random.categorical``'s draw (argmax of logits plus Gumbel noise), row by row of the start batch.
+
+    ``rows`` = (each row's index in the batch the window started with, that batch's
+    size): row r takes row r of the noise that batch would draw, so a row draws the
+    same class whether or not finished rows have left the batch. Without ``rows``,
+    the rows are the whole batch: exactly ``jax.random.categorical(key, logits_BxV)``.
+    """
+    row_B, batch_rows = rows if rows is not None else (jnp.arange(logits_BxV.shape[0]), logits_BxV.shape[0])
+    noise_BxV = jax.random.gumbel(key, (batch_rows, logits_BxV.shape[-1]), logits_BxV.dtype)[row_B]
+    return jnp.argmax(noise_BxV + logits_BxV, axis=-1)
+
+
 def sample_logits(key: jax.Array, logits_BxV: jax.Array, allowed_BxV: jax.Array | None,
-                  head: HeadSampling | tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
+                  head: HeadSampling | tuple[jax.Array, jax.Array, jax.Array],
+                  rows: tuple[jax.Array, int] | None = None) -> jax.Array:
     """One class per row: grammar mask first, then temperature, top-k, top-p (SFS.md section 4).
 
     ``head``: a ``HeadSampling``, or (temperature, top_p, top_k) as traced scalars
     (``Knobs.head``). Temperature 0 or top-k 1 take the argmax. A row with no allowed
     class falls back to all classes (only rows whose draw is discarded, e.g. the pitch
-    of a FRAME token, can have one).
+    of a FRAME token, can have one). ``rows``: see ``gumbel_draw``.
     """
     if isinstance(head, HeadSampling):
         head = (jnp.float32(head.temperature), jnp.float32(head.top_p), jnp.int32(head.top_k))
@@ -287,7 +303,7 @@ def sample_logits(key: jax.Array, logits_BxV: jax.Array, allowed_BxV: jax.Array 
     # The sort behind top-k / top-p runs only when a setting cuts classes (a run-time branch).
     cuts = ~greedy & ((top_k > 0) | (top_p < 1))
     kept_BxV = jax.lax.cond(cuts, lambda x: _keep_top_k_and_p(x, top_k, top_p), lambda x: x, scaled_BxV)
-    drawn = jax.random.categorical(key, kept_BxV, axis=-1)
+    drawn = gumbel_draw(key, kept_BxV, rows)
     return jnp.where(greedy, jnp.argmax(logits_BxV, axis=-1), drawn).astype(jnp.int32)
 
 
@@ -359,9 +375,10 @@ def step_inputs(state: SamplerState) -> dict[str, jax.Array]:
 
 
 def _choose(key: jax.Array, logits_BxV: jax.Array, allowed_BxV: jax.Array | None, head: tuple,
-            forced_B: jax.Array, given_B: jax.Array, offset: int = 0) -> tuple[jax.Array, jax.Array]:
+            forced_B: jax.Array, given_B: jax.Array, rows: tuple[jax.Array, int],
+            offset: int = 0) -> tuple[jax.Array, jax.Array]:
     """The forced value or a draw (class + offset), and its untempered log-probability."""
-    value_B = jnp.where(forced_B, given_B, sample_logits(key, logits_BxV, allowed_BxV, head) + offset)
+    value_B = jnp.where(forced_B, given_B, sample_logits(key, logits_BxV, allowed_BxV, head, rows) + offset)
     return value_B, _log_prob(logits_BxV, jnp.clip(value_B - offset, 0, logits_BxV.shape[-1] - 1))
 
 
@@ -380,18 +397,19 @@ def choose_token(heads: nnx.Module, h_BxD: jax.Array, state: SamplerState,
     forced_B = (t < state.window.prefix_len_B) & ~state.done_B
     given_Bx5 = jax.lax.dynamic_index_in_dim(state.tokens_BxTx5, t, axis=1, keepdims=False)
     # The type head draws a class of its layout (the reference's FRAME class is END after the last frame).
+    rows = (state.row_B, state.batch_rows)
     type_logits = heads.type_logits(h_BxD)
     drawn_class = sample_logits(keys[0], type_logits, layout_lib.class_allowed(type_mask(state), layout),
-                                knobs.head(0))
+                                knobs.head(0), rows)
     frames_left_B = state.window.n_frames_B - state.frames_emitted_B
     token_type = jnp.where(forced_B, given_Bx5[:, TYPE], layout_lib.class_to_type(drawn_class, frames_left_B, layout))
     type_lp = _log_prob(type_logits, layout_lib.type_class(token_type, layout))
     pitch, pitch_lp = _choose(keys[1], heads.pitch_logits(h_BxD), pitch_mask(state.last_pitch_B),
-                              knobs.head(1), forced_B, given_Bx5[:, PITCH], offset=MIN_PITCH)
+                              knobs.head(1), forced_B, given_Bx5[:, PITCH], rows, offset=MIN_PITCH)
     velocity, velocity_lp = _choose(keys[2], heads.velocity_logits(h_BxD, pitch), None,
-                                    knobs.head(2), forced_B, given_Bx5[:, VEL])
+                                    knobs.head(2), forced_B, given_Bx5[:, VEL], rows)
     duration, duration_lp = _choose(keys[3], heads.duration_logits(h_BxD, pitch, velocity), None,
-                                    knobs.head(3), forced_B, given_Bx5[:, DUR])
+                                    knobs.head(3), forced_B, given_Bx5[:, DUR], rows)
     token_type = jnp.where(state.done_B, _PAD, token_type)
     is_note = token_type == _NOTE
     token_Bx5 = jnp.stack([token_type, pitch, velocity, duration, jnp.zeros_like(pitch)], axis=-1)
@@ -505,7 +523,8 @@ def _start(graphdef: nnx.GraphDef, params: nnx.State, batch: dict[str, jax.Array
         logprob_BxT=jnp.zeros((batch_size, max_tokens), jnp.float32),
         frames_emitted_B=jnp.full(batch_size, lead, jnp.int32), last_pitch_B=jnp.full(batch_size, _NO_PITCH, jnp.int32),
         done_B=jnp.zeros(batch_size, bool), key=key,
-        cache=decoder.init_cache(batch_size, cache_tokens) if use_cache else (), window=window)
+        cache=decoder.init_cache(batch_size, cache_tokens) if use_cache else (), window=window,
+        row_B=jnp.arange(batch_size, dtype=jnp.int32), batch_rows=batch_size)
     return _prefill(model, state) if prefill and use_cache else state
 
 
@@ -546,6 +565,40 @@ def grow_cache(state: SamplerState, cache_tokens: int) -> SamplerState:
     return state.replace(cache=_padded_caches(state.cache, cache_tokens))
 
 
+# Rows that finish early leave the batch: every ``COMPACT_EVERY`` steps the host looks at which
+# rows are done, and once at most half are still writing, those go on alone in a batch of the
+# next power of two (``take_rows``; one compilation per batch size). A call with fewer than
+# ``_COMPACT_MIN_STEPS`` steps left does not compact: gathering the rows' contexts and caches
+# would cost more than the steps it saves.
+COMPACT_EVERY = 64
+_COMPACT_MIN_STEPS = 128
+
+
+def _per_row(state: SamplerState) -> tuple:
+    return (state.tokens_BxTx5, state.logprob_BxT, state.frames_emitted_B, state.last_pitch_B, state.done_B,
+            state.row_B, state.cache, state.window)
+
+
+def _with_rows(state: SamplerState, rows: tuple) -> SamplerState:
+    tokens, logprob, frames, last_pitch, done, row, cache, window = rows
+    return state.replace(tokens_BxTx5=tokens, logprob_BxT=logprob, frames_emitted_B=frames, last_pitch_B=last_pitch,
+                         done_B=done, row_B=row, cache=cache, window=window)
+
+
+def take_rows(state: SamplerState, index: np.ndarray) -> SamplerState:
+    """The state of rows ``index`` (positions in this state; repeats allowed), each keeping its ``row_B``."""
+    index = jnp.asarray(index, jnp.int32)
+    return _with_rows(state, jax.tree.map(lambda x: x[index], _per_row(state)))
+
+
+def put_rows(full: SamplerState, part: SamplerState) -> SamplerState:
+    """``full`` (the start batch) with the rows ``part`` holds written back at their ``row_B``, at ``part``'s step."""
+    if part.cache_tokens > full.cache_tokens:
+        full = grow_cache(full, part.cache_tokens)
+    rows = jax.tree.map(lambda whole, some: whole.at[part.row_B].set(some), _per_row(full), _per_row(part))
+    return _with_rows(full, rows).replace(step=part.step)
+
+
 @functools.partial(jax.jit, donate_argnames=("state",))
 def _no_cache_token(graphdef: nnx.GraphDef, params: nnx.State, state: SamplerState, knobs: Knobs) -> SamplerState:
     """Token t by the original's method: the whole teacher-forced decoder over the padded buffer."""
@@ -582,9 +635,12 @@ class SegmentSampler:
     compilation per (B, T, S, G) shape and ``SamplingConfig``.
     """
 
-    def __init__(self, model: nnx.Module, config: SamplingConfig | None = None) -> None:
+    def __init__(self, model: nnx.Module, config: SamplingConfig | None = None, *,
+                 drop_finished_rows: bool = True) -> None:
+        """``drop_finished_rows=False`` keeps every row in the batch to the end (the benchmark's comparison)."""
         self.graphdef, self.params = nnx.split(model)
         self.config = config or SamplingConfig()
+        self.drop_finished_rows = drop_finished_rows
 
     def start(self, batch: Mapping[str, np.ndarray], key: jax.Array, n_frames_B: np.ndarray | int | None = None,
               prefix_len_B: np.ndarray | int | None = None, *, use_cache: bool = True,
@@ -635,17 +691,31 @@ class SegmentSampler:
 
         When the self-attention cache fills before the window ends, it is grown to the
         next ``CACHE_LENGTHS`` (one host round trip; each cache length compiles once)
-        and decoding goes on: tokens are those of one call with the whole budget.
+        and decoding goes on; rows that finish early leave the batch (``COMPACT_EVERY``).
+        Tokens are those of one call with the whole budget and every row: each row draws
+        its own row of the start batch's noise (``gumbel_draw``), wherever it sits.
         """
         knobs = self._knobs(sampling)
         stop = min(int(state.step) + n_steps, state.max_tokens)
+        full = None  # the whole batch, once rows that finished have left ``state``
         while True:
-            state = sample_chunk(self.graphdef, self.params, state, jnp.asarray(stop - int(state.step), jnp.int32),
-                                 knobs)
-            step = int(state.step)
-            if step >= stop or step < state.last_cached_step or bool(jnp.all(state.done_B)):
-                return state
-            state = grow_cache(state, cache_length(state.cache_tokens + 1, state.max_tokens))
+            steps = stop - int(state.step)
+            if state.batch_rows > 1 and self.drop_finished_rows:
+                steps = min(steps, COMPACT_EVERY)
+            state = sample_chunk(self.graphdef, self.params, state, jnp.asarray(steps, jnp.int32), knobs)
+            step, done = int(state.step), np.asarray(state.done_B)
+            if step >= stop or done.all():
+                break
+            if step >= state.last_cached_step:
+                state = grow_cache(state, cache_length(state.cache_tokens + 1, state.max_tokens))
+            elif self.drop_finished_rows and stop - step >= _COMPACT_MIN_STEPS:
+                live = np.flatnonzero(~done)
+                rows = 1 << (len(live) - 1).bit_length()  # the next power of two
+                if rows < len(done):
+                    full = state if full is None else put_rows(full, state)
+                    padding = np.full(rows - len(live), np.flatnonzero(done)[0])  # a finished row: writes nothing
+                    state = take_rows(state, np.concatenate([live, padding]))
+        return state if full is None else put_rows(full, state)
 
     def stream(self, state: SamplerState, chunk_tokens: int, sampling: SamplingConfig | None = None
                ) -> Iterator[tuple[SamplerState, np.ndarray]]:

@@ -53,6 +53,7 @@ export class SampledPlayer {
         }
         this.schedule(ctx, buffer, t0 + (a - startFrame) * secondsPerFrame);
       }
+      if (t0 === null && run === this.run) { this.stop(); onEnd(); }  // nothing to play (cursor at the end)
     };
     feed().catch((error) => {
       if (run !== this.run) return;
