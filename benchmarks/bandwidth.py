@@ -22,6 +22,11 @@ from flax import nnx
 from sfs_jax.model.config import ModelConfig
 
 
+def nbytes(arrays: list[jax.Array]) -> int:
+    """Bytes the arrays hold."""
+    return sum(a.size * a.dtype.itemsize for a in arrays)
+
+
 def decoder_matrices(model: nnx.Module, dtype: jnp.dtype | None = None) -> list[jax.Array]:
     """The decoder's 2-D parameters (every projection and embedding table), optionally cast."""
     matrices = [leaf for leaf in jax.tree.leaves(nnx.state(model.decoder, nnx.Param)) if leaf.ndim == 2]
@@ -48,18 +53,17 @@ def stream_rate(matrices: list[jax.Array], n_steps: int = 32, repeats: int = 3) 
         began = time.perf_counter()
         jax.block_until_ready(_stream(matrices, x, n_steps))
         times.append(time.perf_counter() - began)
-    return sum(w.size * w.dtype.itemsize for w in matrices) * n_steps / statistics.median(times)
+    return nbytes(matrices) * n_steps / statistics.median(times)
 
 
 def step_bytes(model: nnx.Module, config: ModelConfig, batch_size: int, attended_tokens: float,
                context_tokens: int) -> float:
     """Bytes one decoding step of ``batch_size`` rows must read: the weights it uses once, and per row the
     self-attention keys/values of ``attended_tokens`` slots and the contexts' keys/values."""
-    weights = sum(w.size * w.dtype.itemsize for w in decoder_matrices(model))
+    weights = nbytes(decoder_matrices(model))
     for block in model.decoder.blocks:
         if block.cross_attention is not None:  # contexts' keys/values: projected once per window
-            for linear in (block.cross_attention.key, block.cross_attention.value):
-                weights -= linear.kernel.value.size * linear.kernel.value.dtype.itemsize
+            weights -= nbytes([block.cross_attention.key.kernel.value, block.cross_attention.value.kernel.value])
     itemsize = jnp.dtype(config.compute_dtype).itemsize
     per_slot = 2 * config.n_heads * config.head_dim * itemsize * config.n_decoder_layers
     cross = context_tokens if config.use_cross_attention else 0

@@ -74,7 +74,6 @@ def _loop(body: Callable, n_steps: int, compiler_options: dict | None = None) ->
 def main(argv: list[str]) -> None:
     del argv
     cli.quiet_by_default()  # no compilation cache: first calls time compilation
-    from data_pipeline.synthetic import generate_song  # noqa: F401  (window_batch's data)
 
     overrides = {"compute_dtype": _DTYPE.value} if _DTYPE.value else {}
     config = model_config(_SIZE.value, **overrides)
@@ -121,7 +120,7 @@ def main(argv: list[str]) -> None:
 
     matrices = bandwidth.decoder_matrices(model)
     weight_sets = {"weights": matrices, "weights in bfloat16": bandwidth.decoder_matrices(model, jnp.bfloat16)}
-    weight_bytes = sum(w.size * w.dtype.itemsize for w in matrices)
+    weight_bytes = bandwidth.nbytes(matrices)
     composer = start(False, _CACHE.value)  # the shapes every step had before: contexts padded, the whole budget
     cut = start(True, 512)  # the sampler's shapes at this step: contexts cut, the cache grown to 512 slots
     cut_context = cut.window.batch["context_slot"].shape[1]
@@ -151,7 +150,7 @@ def main(argv: list[str]) -> None:
         print(f"{name:>36}: {statistics.median(values) / n_steps * 1e3:7.2f} ms/step")
     rates = {name: bandwidth.stream_rate(ws, n_steps, _REPEATS.value) for name, ws in weight_sets.items()}
     for name, ws in weight_sets.items():
-        print(f"{name:>36}: {sum(w.size * w.dtype.itemsize for w in ws) / rates[name] * 1e3:7.2f} ms/step")
+        print(f"{name:>36}: {bandwidth.nbytes(ws) / rates[name] * 1e3:7.2f} ms/step")
     print(f"decoder weight matrices: {weight_bytes / 1e6:.1f} MB per step in float32; streamed at "
           f"{rates['weights'] / 1e9:.1f} GB/s by one matrix-vector product each "
           f"({rates['weights in bfloat16'] / 1e9:.1f} GB/s in bfloat16)")

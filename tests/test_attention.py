@@ -221,7 +221,8 @@ def test_attend_and_write_equals_write_then_attend() -> None:
     for t in (0, 5, slots - 1):
         out, written = cache.attend_and_write(jnp.int32(t), q, k, v)
         expected_cache = cache.write(jnp.int32(t), k, v)
-        expected = expected_cache.attend(q, expected_cache.visible_mask(jnp.int32(t)))
+        slots_0_to_t = jnp.broadcast_to(jnp.arange(slots) <= t, (batch_size, 1, slots))  # causal_mask row t
+        expected = expected_cache.attend(q, slots_0_to_t)
         np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=1e-6, rtol=1e-6)
         for got, want in zip(jax.tree.leaves(written), jax.tree.leaves(expected_cache), strict=True):
             np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

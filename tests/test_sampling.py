@@ -309,9 +309,10 @@ def test_prefill_continues_like_stepwise_forcing(model, batch):
     # Slots past the last input hold the prefill's padding keys/values: never read. Input t - 1 is in slot t - lead.
     written = int(stepwise.step) - model.decoder.lead
     for layer_p, layer_s in zip(prefilled.cache, stepwise.cache, strict=True):
-        for name in ("k_BxHxLxK", "v_BxHxLxK"):
-            np.testing.assert_allclose(np.asarray(getattr(layer_p, name))[:, :, :written],
-                                       np.asarray(getattr(layer_s, name))[:, :, :written], atol=1e-4)
+        np.testing.assert_allclose(np.asarray(layer_p.kT_BxHxKxL)[..., :written],
+                                   np.asarray(layer_s.kT_BxHxKxL)[..., :written], atol=1e-4)
+        np.testing.assert_allclose(np.asarray(layer_p.v_BxHxLxK)[:, :, :written],
+                                   np.asarray(layer_s.v_BxHxLxK)[:, :, :written], atol=1e-4)
 
 
 def test_greedy_is_the_argmax_path(model, batch):

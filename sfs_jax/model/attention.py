@@ -143,11 +143,6 @@ class KVCache:
         """The cache of a whole sequence (a prefill, or the contexts), from ``keys_values``' layout."""
         return cls(jnp.transpose(k_BxLxHxK, (0, 2, 3, 1)), jnp.swapaxes(v_BxLxHxK, 1, 2))
 
-    @property
-    def k_BxHxLxK(self) -> jax.Array:
-        """The keys in the values' layout (for inspection; the step reads ``kT_BxHxKxL``)."""
-        return jnp.swapaxes(self.kT_BxHxKxL, 2, 3)
-
     def write(self, t: jax.Array, k_Bx1xHxK: jax.Array, v_Bx1xHxK: jax.Array) -> KVCache:
         """The cache with token t's key/value in slot t (all rows decode token t together)."""
         kT_BxHxKx1 = jnp.transpose(k_Bx1xHxK, (0, 2, 3, 1)).astype(self.kT_BxHxKxL.dtype)
@@ -155,16 +150,11 @@ class KVCache:
         return KVCache(jax.lax.dynamic_update_slice(self.kT_BxHxKxL, kT_BxHxKx1, (0, 0, 0, t)),
                        jax.lax.dynamic_update_slice(self.v_BxHxLxK, v_BxHx1xK, (0, 0, t, 0)))
 
-    def visible_mask(self, t: jax.Array) -> jax.Array:
-        """Bx1xL: the query at token t sees slots 0..t, as ``causal_mask`` row t does."""
-        batch_size, _, max_tokens, _ = self.v_BxHxLxK.shape
-        return jnp.broadcast_to(jnp.arange(max_tokens) <= t, (batch_size, 1, max_tokens))
-
     def attend_and_write(self, t: jax.Array, q_Bx1xHxK: jax.Array, k_Bx1xHxK: jax.Array,
                          v_Bx1xHxK: jax.Array) -> tuple[jax.Array, KVCache]:
         """Token t's self-attention over slots 0..t, then the cache with its key/value in slot t.
 
-        Equal to ``write`` then ``attend`` under ``visible_mask(t)`` (up to float
+        Equal to ``write`` then ``attend`` to slots 0..t (``causal_mask`` row t; up to float
         rounding): one softmax over the cached slots 0..t-1 and token t's own key,
         whose term is added from the new key/value directly. Why this order: the
         cache is read before it is written, so XLA updates it in place; reading it

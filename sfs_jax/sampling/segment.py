@@ -241,7 +241,7 @@ class SamplerState:
     @property
     def last_cached_step(self) -> int:
         """The last token t the cache has a slot for (input t - lead goes into slot t - lead)."""
-        return min(self.cache_tokens + self.window.lead, self.max_tokens) if self.cache else self.max_tokens
+        return min(self.cache_tokens + self.window.lead, self.max_tokens)
 
 
 # ---------------------------------------------------------------------------
