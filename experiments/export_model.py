@@ -1,6 +1,6 @@
 r"""Write a trained SFS run (and its bar VAE) as a shipped model: parameters, configs and a model card.
 
-    python -m experiments.export_model --workdir=runs/i12/sfs_ref_s0 --out=sfs_jax/pretrained/pop909_small \
+    python -m experiments.export_model --workdir=runs/i12/sfs_8bar_s0 --out=sfs_jax/pretrained/pop909_small \
         --trained_on="the 825 training songs of POP909" --data_builder=pop909 --manual_dir=../shared/data/pop909 \
         --licenses=../shared/data/pop909/LICENSE.POP909,../shared/data/pop909/LICENSE.structure-annotations
 
